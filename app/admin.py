@@ -1,0 +1,208 @@
+"""Admin CLI: ``python -m app.admin`` (``course-supporter-admin`` on the VPS).
+
+Exit codes: 0 success, 1 error (message on stderr), 2 usage error.
+Every command takes ``--json`` for machine-readable output on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+import uuid
+from typing import Any, Callable, Sequence
+
+import asyncpg
+
+from . import tenants
+from .config import ConfigError, DatabaseSettings
+from .jsonutil import dumps
+from .migrate import apply_migrations
+
+
+class CommandError(Exception):
+    """A failure to report on stderr with exit code 1."""
+
+
+# --- argument types (a bad value is a usage error: exit 2) ---------------------
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a valid id (UUID): {value!r}") from None
+
+
+def _scopes(value: str) -> list[str]:
+    scopes = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in scopes if s not in tenants.SCOPES]
+    if not scopes or bad:
+        raise argparse.ArgumentTypeError(f"scopes must be a comma-separated subset of {','.join(tenants.SCOPES)}")
+    return sorted(set(scopes), key=tenants.SCOPES.index)
+
+
+def _non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer: {value!r}")
+    return number
+
+
+def _future_timestamp(value: str) -> datetime.datetime:
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    if moment <= datetime.datetime.now(datetime.timezone.utc):
+        raise argparse.ArgumentTypeError(f"must be in the future: {value!r}")
+    return moment
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip() or len(value) > 200:
+        raise argparse.ArgumentTypeError("must be 1 to 200 characters, not blank")
+    return value.strip()
+
+
+# --- commands ------------------------------------------------------------------
+
+async def _with_connection(settings: DatabaseSettings, work: Callable) -> Any:
+    try:
+        conn = await asyncpg.connect(settings.database_url, timeout=10)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        raise CommandError(f"cannot connect to the database: {exc}") from None
+    try:
+        return await work(conn)
+    except (tenants.UnknownTenant, tenants.UnknownKey) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args, settings: DatabaseSettings) -> Any:
+    try:
+        return {"applied": apply_migrations(settings.database_url)}
+    except Exception as exc:  # psycopg/yoyo errors: report them, no traceback
+        raise CommandError(f"migration failed: {exc}") from None
+
+
+def cmd_tenant_create(args, settings):
+    return asyncio.run(_with_connection(settings, lambda c: tenants.create_tenant(c, args.name)))
+
+
+def cmd_tenant_list(args, settings):
+    return asyncio.run(_with_connection(settings, tenants.list_tenants))
+
+
+def cmd_tenant_activate(args, settings):
+    return asyncio.run(_with_connection(settings, lambda c: tenants.set_tenant_active(c, args.id, True)))
+
+
+def cmd_tenant_deactivate(args, settings):
+    return asyncio.run(_with_connection(settings, lambda c: tenants.set_tenant_active(c, args.id, False)))
+
+
+def cmd_key_issue(args, settings: DatabaseSettings):
+    limit_prep = settings.rate_limit_prep_per_min if args.rate_limit_prep is None else args.rate_limit_prep
+    limit_check = settings.rate_limit_check_per_min if args.rate_limit_check is None else args.rate_limit_check
+    return asyncio.run(_with_connection(settings, lambda c: tenants.issue_key(
+        c, args.tenant_id, scopes=args.scopes, label=args.label, env=args.env,
+        rate_limit_prep=limit_prep, rate_limit_check=limit_check, expires_at=args.expires_at)))
+
+
+def cmd_key_list(args, settings):
+    return asyncio.run(_with_connection(settings, lambda c: tenants.list_keys(c, args.tenant_id)))
+
+
+def cmd_key_revoke(args, settings):
+    return asyncio.run(_with_connection(settings, lambda c: tenants.revoke_key(c, args.key_id)))
+
+
+# --- output --------------------------------------------------------------------
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "-" if value is None else str(value)
+
+
+def render_text(result: Any) -> str:
+    if isinstance(result, dict) and set(result) == {"applied"}:
+        names = result["applied"]
+        return "\n".join(f"applied {n}" for n in names) if names else "nothing to apply: the schema is up to date"
+    rows = result if isinstance(result, list) else [result]
+    lines = []
+    for row in rows:
+        if "key" in row:
+            lines.append(f"key: {row['key']}\n(store it now: it is never shown again)")
+        lines.append("  ".join(f"{k}={_text(v)}" for k, v in row.items() if k != "key"))
+    return "\n".join(lines) if lines else "(none)"
+
+
+# --- parser --------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="machine-readable JSON on stdout")
+
+    parser = argparse.ArgumentParser(prog="course-supporter-admin", description=__doc__.split("\n")[0],
+                                     parents=[json_flag])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("migrate", parents=[json_flag], help="apply pending database migrations") \
+        .set_defaults(func=cmd_migrate)
+
+    tenant = commands.add_parser("tenant", parents=[json_flag], help="manage tenants") \
+        .add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = tenant.add_parser("create", parents=[json_flag], help="create a tenant")
+    create.add_argument("name", type=_non_blank)
+    create.set_defaults(func=cmd_tenant_create)
+    tenant.add_parser("list", parents=[json_flag], help="list tenants").set_defaults(func=cmd_tenant_list)
+    for action, func in (("activate", cmd_tenant_activate), ("deactivate", cmd_tenant_deactivate)):
+        sub = tenant.add_parser(action, parents=[json_flag], help=f"{action} a tenant")
+        sub.add_argument("id", type=_uuid)
+        sub.set_defaults(func=func)
+
+    key = commands.add_parser("key", parents=[json_flag], help="manage API keys") \
+        .add_subparsers(dest="action", required=True, metavar="ACTION")
+    issue = key.add_parser("issue", parents=[json_flag], help="issue a key (shown once)")
+    issue.add_argument("tenant_id", type=_uuid)
+    issue.add_argument("--scopes", type=_scopes, default=list(tenants.SCOPES), help="comma-separated: prep,check")
+    issue.add_argument("--label", default="", help="free text to recognise the key by")
+    issue.add_argument("--env", choices=tenants.KEY_ENVS, default="live")
+    issue.add_argument("--rate-limit-prep", type=_non_negative, help="prep requests per minute")
+    issue.add_argument("--rate-limit-check", type=_non_negative, help="check requests per minute")
+    issue.add_argument("--expires-at", type=_future_timestamp, help="ISO 8601 expiry (UTC if no offset)")
+    issue.set_defaults(func=cmd_key_issue)
+    listing = key.add_parser("list", parents=[json_flag], help="list a tenant's keys")
+    listing.add_argument("tenant_id", type=_uuid)
+    listing.set_defaults(func=cmd_key_list)
+    revoke = key.add_parser("revoke", parents=[json_flag], help="revoke a key")
+    revoke.add_argument("key_id", type=_uuid)
+    revoke.set_defaults(func=cmd_key_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error
+    try:
+        settings = DatabaseSettings.from_env()
+        result = args.func(args, settings)
+    except (ConfigError, CommandError) as exc:
+        print(f"error: {exc}" if isinstance(exc, CommandError) else str(exc), file=sys.stderr)
+        return 1
+    print(dumps(result) if getattr(args, "json", False) else render_text(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""API-key authentication, scopes and rate limits for ``/api/v1/*``.
+
+Handlers declare the scopes they accept with ``@requires_scopes(...)``. The
+middleware hashes the presented key (the raw key is never compared or
+stored), and one statement looks the key up and counts the request
+(see ``ratelimit``). Nothing is cached: a revoked key or a deactivated
+tenant is refused on the very next request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import log
+from .db import acquire
+from .errors import Forbidden, RateLimited, Unauthorized
+from .keys import ratelimit_headers_key
+from .ratelimit import authenticate
+from .tenants import hash_key, looks_like_key
+
+API_PREFIX = "/api/v1/"
+HEADER = "X-API-Key"
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID
+    key_prefix: str
+    scope: str
+
+
+caller_key: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
+
+
+def requires_scopes(*scopes: str):
+    """Mark a handler as needing an API key with one of ``scopes``."""
+
+    def mark(handler):
+        handler.required_scopes = scopes
+        return handler
+
+    return mark
+
+
+def caller(request: web.Request) -> Caller:
+    return request[caller_key]
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+    scopes = getattr(request.match_info.handler, "required_scopes", None)
+    if scopes is None or not request.path.startswith(API_PREFIX):
+        return await handler(request)  # public endpoint, or no such route (404/405)
+
+    presented = request.headers.get(HEADER, "")
+    if not presented:
+        raise Unauthorized(f"Missing {HEADER} header.", code="missing_api_key")
+    if not looks_like_key(presented):
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    digest = hash_key(presented)
+    async with acquire(request) as conn:
+        decision = await authenticate(conn, digest, scopes)
+    if not decision.found or not hmac.compare_digest(decision.key_hash, digest):
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    if not decision.usable:
+        raise Unauthorized("The API key is revoked or expired, or its tenant is inactive.", code="invalid_api_key")
+    if decision.scope is None:
+        raise Forbidden(f"This endpoint needs an API key with the {' or '.join(scopes)} scope.",
+                        code="insufficient_scope")
+
+    request[caller_key] = Caller(decision.tenant_id, decision.key_id, decision.key_prefix, decision.scope)
+    log.tenant_id_var.set(str(decision.tenant_id))
+    log.key_prefix_var.set(decision.key_prefix)
+    request[ratelimit_headers_key] = decision.headers()
+    if not decision.allowed:
+        raise RateLimited(f"Rate limit of {decision.limit} {decision.scope} requests per minute exceeded.",
+                          headers={"Retry-After": str(decision.reset_s)})
+    return await handler(request)

@@ -1,0 +1,78 @@
+"""The asyncpg pool: created on app start-up, closed on cleanup."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from .config import Settings
+from .errors import ServiceUnavailable
+from .keys import db_pool_key, settings_key
+
+log = logging.getLogger("app.db")
+
+# Short enough that a dead database gives a fast 503, never a hung request.
+CONNECT_TIMEOUT_S = 5.0
+ACQUIRE_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 15.0
+
+# Errors meaning "the database is not there right now" (not "your query is wrong").
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=COMMAND_TIMEOUT_S,
+        init=_init_connection,
+        server_settings={"timezone": "UTC", "application_name": "course-supporter"},
+    )
+
+
+async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings: Settings = app[settings_key]
+    # min_size=0: the app starts (and /health says "degraded") while the database is down.
+    app[db_pool_key] = await create_pool(settings.database_url, min_size=0)
+    log.info("database pool ready")
+    yield
+    await app[db_pool_key].close()
+
+
+def acquire(request: web.Request):
+    """A pooled connection for this request; a dead database becomes a 503."""
+    return _Acquire(request.app[db_pool_key])
+
+
+class _Acquire:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._ctx = pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            return await self._ctx.__aenter__()
+        except UNAVAILABLE as exc:
+            raise ServiceUnavailable("The database is unavailable; try again shortly.",
+                                     code="database_unavailable") from exc
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._ctx.__aexit__(*exc_info)

@@ -1,0 +1,91 @@
+"""Courses, their structure, and lessons."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp_apispec import docs, querystring_schema, request_schema, response_schema
+
+from .. import courses
+from ..auth import caller
+from ..db import acquire
+from ..jsonutil import json_response
+from ..schemas import (CourseCreateSchema, CourseDetailSchema, CoursePageSchema, CourseSchema, CourseUpdateSchema,
+                       LessonSchema, PageQuerySchema, StructureInputSchema, StructureSchema)
+from .common import api_endpoint, path_uuid
+
+TAGS = ["courses"]
+
+
+def _course_id(request: web.Request):
+    return path_uuid(request, "course_id", "Course")
+
+
+@api_endpoint("prep", tags=TAGS, summary="Create a course", errors=(400, 415, 422))
+@request_schema(CourseCreateSchema, locations=["json"], required=True)
+@response_schema(CourseSchema, 201, description="The new course")
+async def create_course(request: web.Request) -> web.Response:
+    data = request["data"]
+    async with acquire(request) as conn:
+        course = await courses.create_course(conn, caller(request).tenant_id, data["title"], data["description"])
+    return json_response(course, status=201)
+
+
+@api_endpoint("prep", "check", tags=TAGS, summary="List courses", errors=(422,),
+              description="Oldest first; `total` counts every course of the tenant.")
+@querystring_schema(PageQuerySchema)
+@response_schema(CoursePageSchema, 200)
+async def list_courses(request: web.Request) -> web.Response:
+    limit, offset = request["querystring"]["limit"], request["querystring"]["offset"]
+    async with acquire(request) as conn:
+        items, total = await courses.list_courses(conn, caller(request).tenant_id, limit, offset)
+    return json_response({"items": items, "total": total, "limit": limit, "offset": offset})
+
+
+@api_endpoint("prep", tags=TAGS, summary="Get a course with its structure", errors=(404,))
+@response_schema(CourseDetailSchema, 200)
+async def get_course(request: web.Request) -> web.Response:
+    course_id = _course_id(request)
+    async with acquire(request) as conn:
+        course = await courses.get_course(conn, caller(request).tenant_id, course_id)
+    return json_response(course)
+
+
+@api_endpoint("prep", tags=TAGS, summary="Change a course's title or description", errors=(400, 404, 415, 422))
+@request_schema(CourseUpdateSchema, locations=["json"], required=True)
+@response_schema(CourseSchema, 200)
+async def update_course(request: web.Request) -> web.Response:
+    course_id = _course_id(request)
+    async with acquire(request) as conn:
+        course = await courses.update_course(conn, caller(request).tenant_id, course_id, request["data"])
+    return json_response(course)
+
+
+@api_endpoint("prep", tags=TAGS, summary="Delete a course, its structure and its materials", errors=(404,))
+@docs(responses={"204": {"description": "Deleted"}})
+async def delete_course(request: web.Request) -> web.Response:
+    course_id = _course_id(request)
+    async with acquire(request) as conn:
+        await courses.delete_course(conn, caller(request).tenant_id, course_id)
+    return web.Response(status=204)
+
+
+@api_endpoint("prep", tags=TAGS, summary="Replace a course's modules and lessons", errors=(400, 404, 415, 422),
+              description="The old structure is replaced as a whole; every module and lesson gets a new id.")
+@request_schema(StructureInputSchema, locations=["json"], required=True)
+@response_schema(StructureSchema, 200)
+async def put_structure(request: web.Request) -> web.Response:
+    course_id = _course_id(request)
+    async with acquire(request) as conn:
+        structure = await courses.replace_structure(conn, caller(request).tenant_id, course_id,
+                                                    request["data"]["modules"])
+    return json_response(structure)
+
+
+@api_endpoint("prep", "check", tags=TAGS, summary="Get a lesson with its content", errors=(404,))
+@response_schema(LessonSchema, 200)
+async def get_lesson(request: web.Request) -> web.Response:
+    course_id = _course_id(request)
+    lesson_id = path_uuid(request, "lesson_id", "Lesson")
+    async with acquire(request) as conn:
+        lesson = await courses.get_lesson(conn, caller(request).tenant_id, course_id, lesson_id)
+    return json_response(lesson)

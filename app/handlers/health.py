@@ -1,0 +1,41 @@
+"""GET /health: PostgreSQL and S3, each checked with a short timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiohttp_apispec import docs, response_schema
+
+from ..jsonutil import json_response
+from ..keys import db_pool_key, storage_key
+from ..schemas import HealthSchema
+
+log = logging.getLogger("app.health")
+
+DB_TIMEOUT_S = 2.0
+
+
+async def _db_ok(app: web.Application) -> bool:
+    try:
+        async def ping():
+            async with app[db_pool_key].acquire(timeout=DB_TIMEOUT_S) as conn:
+                return await conn.fetchval("SELECT 1", timeout=DB_TIMEOUT_S)
+
+        return await asyncio.wait_for(ping(), DB_TIMEOUT_S + 0.5) == 1
+    except Exception as exc:
+        log.warning("database health check failed: %s", exc.__class__.__name__)
+        return False
+
+
+@docs(tags=["health"], summary="Health of the app and its dependencies",
+      description="200 when PostgreSQL and S3 answer; 503 with status 'degraded' otherwise.")
+@response_schema(HealthSchema, 200, description="All dependencies answer")
+@response_schema(HealthSchema, 503, description="A dependency failed")
+async def health(request: web.Request) -> web.Response:
+    db_ok, s3_ok = await asyncio.gather(_db_ok(request.app), request.app[storage_key].is_healthy())
+    body = {"status": "ok" if db_ok and s3_ok else "degraded",
+            "db": "ok" if db_ok else "error",
+            "s3": "ok" if s3_ok else "error"}
+    return json_response(body, status=200 if body["status"] == "ok" else 503)

@@ -1,0 +1,113 @@
+"""Cross-cutting middlewares: request ids and the access log, CORS, JSON bodies."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import hdrs, web
+
+from . import log
+from .errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from .keys import cors_origin_key, ratelimit_headers_key, request_id_key
+
+access_log = logging.getLogger("app.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_CORS_EXPOSED = "X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
+_CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+_CORS_HEADERS = "X-API-Key, Content-Type, X-Request-ID"
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Give the request an id (a sane incoming X-Request-ID is kept) and log it once done."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[request_id_key] = request_id
+    tokens = [(log.request_id_var, log.request_id_var.set(request_id)),
+              (log.tenant_id_var, log.tenant_id_var.set(None)),
+              (log.key_prefix_var, log.key_prefix_var.set(None))]
+    started = time.perf_counter()
+    status = 499  # client went away before an answer
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        access_log.info(
+            "%s %s %s", request.method, request.path, status,
+            extra={"method": request.method, "path": request.path, "status": status,
+                   "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                   "remote": request.remote},
+        )
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: headers every response gets, errors included."""
+    request_id = request.get(request_id_key)
+    if request_id:
+        response.headers["X-Request-ID"] = request_id
+    for name, value in request.get(ratelimit_headers_key, {}).items():
+        response.headers[name] = value
+    origin = request.get(cors_origin_key)
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED
+        response.headers.add(hdrs.VARY, "Origin")
+
+
+def cors_middleware(allowed_origins: tuple[str, ...]):
+    allow_any = "*" in allowed_origins
+
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if not origin or not (allow_any or origin in allowed_origins):
+            return await handler(request)
+        request[cors_origin_key] = origin
+        if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Methods": _CORS_METHODS,
+                "Access-Control-Allow-Headers": _CORS_HEADERS,
+                "Access-Control-Max-Age": "600",
+            })
+        return await handler(request)
+
+    return middleware
+
+
+def _json_schema_of(handler):
+    for spec in getattr(handler, "__schemas__", ()):
+        if spec["locations"] and "json" in spec["locations"]:
+            return spec["schema"]
+    return None
+
+
+@web.middleware
+async def json_body_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """For handlers taking a JSON body: 415 for another media type, 400 for broken
+    JSON, 422 for a body that is not an object or has fields the schema lacks.
+    (Field validation itself is aiohttp-apispec's validation middleware.)"""
+    schema = _json_schema_of(request.match_info.handler)
+    if schema is None or not request.body_exists:
+        return await handler(request)
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Send the body as application/json, not {content_type}.")
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.", details={"_schema": ["Expected a JSON object."]})
+    known = {field.data_key or name for name, field in schema.fields.items() if not field.dump_only}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ValidationFailed("The body has unknown fields.", details={name: ["Unknown field."] for name in unknown})
+    return await handler(request)

@@ -1,0 +1,108 @@
+"""Tenants and API keys: issuing, listing, revoking (used by the admin CLI).
+
+A key is ``cs_<env>_<32 hex>``; only its SHA-256 digest and its first
+12 characters (the prefix, for identification) are stored.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import re
+import secrets
+import uuid
+from typing import Any, Sequence
+
+import asyncpg
+
+SCOPES = ("prep", "check")
+KEY_ENVS = ("live", "test")
+KEY_PATTERN = re.compile(r"^cs_(live|test)_[0-9a-f]{32}$")
+PREFIX_LENGTH = 12
+
+
+class UnknownTenant(LookupError):
+    pass
+
+
+class UnknownKey(LookupError):
+    pass
+
+
+def generate_key(env: str = "live") -> str:
+    if env not in KEY_ENVS:
+        raise ValueError(f"key env must be one of {', '.join(KEY_ENVS)}")
+    return f"cs_{env}_{secrets.token_hex(16)}"
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def looks_like_key(key: str) -> bool:
+    return KEY_PATTERN.match(key) is not None
+
+
+_TENANT_COLUMNS = "id, name, is_active, created_at"
+_KEY_COLUMNS = ("id, key_prefix AS prefix, tenant_id, label, scopes, rate_limit_prep, rate_limit_check, "
+                "expires_at, created_at, is_active, last_used_at")
+
+
+async def create_tenant(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
+    row = await conn.fetchrow(f"INSERT INTO tenants (name) VALUES ($1) RETURNING {_TENANT_COLUMNS}", name)
+    return dict(row)
+
+
+async def list_tenants(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch(f"SELECT {_TENANT_COLUMNS} FROM tenants ORDER BY created_at, id")
+    return [dict(r) for r in rows]
+
+
+async def set_tenant_active(conn: asyncpg.Connection, tenant_id: uuid.UUID, active: bool) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"UPDATE tenants SET is_active = $2 WHERE id = $1 RETURNING {_TENANT_COLUMNS}", tenant_id, active)
+    if row is None:
+        raise UnknownTenant(f"no tenant with id {tenant_id}")
+    return dict(row)
+
+
+async def issue_key(
+    conn: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    *,
+    scopes: Sequence[str],
+    label: str,
+    env: str,
+    rate_limit_prep: int,
+    rate_limit_check: int,
+    expires_at: datetime.datetime | None,
+) -> dict[str, Any]:
+    """Create a key; the returned dict holds the full key under ``"key"`` (shown once)."""
+    key = generate_key(env)
+    async with conn.transaction():
+        if await conn.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant_id) is None:
+            raise UnknownTenant(f"no tenant with id {tenant_id}")
+        row = await conn.fetchrow(
+            f"""INSERT INTO api_keys (tenant_id, key_hash, key_prefix, label, scopes,
+                                      rate_limit_prep, rate_limit_check, expires_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_KEY_COLUMNS}""",
+            tenant_id, hash_key(key), key[:PREFIX_LENGTH], label, list(scopes),
+            rate_limit_prep, rate_limit_check, expires_at,
+        )
+    return {"key": key, **dict(row)}
+
+
+async def list_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    if await conn.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant_id) is None:
+        raise UnknownTenant(f"no tenant with id {tenant_id}")
+    rows = await conn.fetch(
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id", tenant_id)
+    return [dict(r) for r in rows]
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"UPDATE api_keys SET is_active = false WHERE id = $1 RETURNING {_KEY_COLUMNS}", key_id)
+    if row is None:
+        raise UnknownKey(f"no API key with id {key_id}")
+    return dict(row)

@@ -1,0 +1,3 @@
+DROP TABLE lessons;
+DROP TABLE modules;
+DROP TABLE courses;

@@ -1,0 +1,125 @@
+"""401/403/429, rate-limit headers, revocation without a stale cache."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+from app import ratelimit, tenants
+
+COURSES = "/api/v1/courses"
+
+
+async def _error(resp, status, code=None):
+    assert resp.status == status, await resp.text()
+    body = await resp.json()
+    assert set(body) == {"error"} and body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code
+    return body
+
+
+async def test_missing_key_is_401(client):
+    await _error(await client.get(COURSES), 401, "missing_api_key")
+
+
+async def test_malformed_and_unknown_keys_are_401(client):
+    await _error(await client.get(COURSES, headers={"X-API-Key": "nope"}), 401, "invalid_api_key")
+    await _error(await client.get(COURSES, headers={"X-API-Key": tenants.generate_key()}), 401, "invalid_api_key")
+
+
+async def test_revoked_key_is_refused_on_the_very_next_request(client, factory, db):
+    tenant = await factory.tenant()
+    key = await factory.key(tenant["id"])
+    headers = {"X-API-Key": key["key"]}
+    assert (await client.get(COURSES, headers=headers)).status == 200
+    await tenants.revoke_key(db, key["id"])
+    await _error(await client.get(COURSES, headers=headers), 401, "invalid_api_key")
+
+
+async def test_expired_key_is_401(client, factory, db):
+    tenant = await factory.tenant()
+    key = await factory.key(tenant["id"], expires_at=datetime.datetime.now(datetime.timezone.utc)
+                            + datetime.timedelta(seconds=60))
+    headers = {"X-API-Key": key["key"]}
+    assert (await client.get(COURSES, headers=headers)).status == 200
+    await db.execute("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1", key["id"])
+    await _error(await client.get(COURSES, headers=headers), 401)
+
+
+async def test_inactive_tenant_is_401_and_reactivation_restores(client, factory, db):
+    tenant, headers = await factory.tenant_with_key()
+    await tenants.set_tenant_active(db, tenant["id"], False)
+    await _error(await client.get(COURSES, headers=headers), 401)
+    await tenants.set_tenant_active(db, tenant["id"], True)
+    assert (await client.get(COURSES, headers=headers)).status == 200
+
+
+async def test_scopes(client, factory):
+    tenant = await factory.tenant()
+    check_only = {"X-API-Key": (await factory.key(tenant["id"], scopes=["check"]))["key"]}
+    prep_only = {"X-API-Key": (await factory.key(tenant["id"], scopes=["prep"]))["key"]}
+    await _error(await client.post(COURSES, json={"title": "t"}, headers=check_only), 403, "insufficient_scope")
+    assert (await client.post(COURSES, json={"title": "t"}, headers=prep_only)).status == 201
+    # Listing is open to both scopes.
+    assert (await client.get(COURSES, headers=check_only)).status == 200
+    assert (await client.get(COURSES, headers=prep_only)).status == 200
+
+
+async def test_rate_limit_headers_and_429(client, factory):
+    tenant = await factory.tenant()
+    headers = {"X-API-Key": (await factory.key(tenant["id"], prep=3, check=100))["key"]}
+    remaining = []
+    for _ in range(3):
+        resp = await client.post(COURSES, json={"title": "t"}, headers=headers)
+        assert resp.status == 201
+        assert resp.headers["X-RateLimit-Limit"] == "3"
+        assert 0 < int(resp.headers["X-RateLimit-Reset"]) <= 60
+        remaining.append(int(resp.headers["X-RateLimit-Remaining"]))
+    assert remaining == [2, 1, 0]
+    resp = await client.post(COURSES, json={"title": "t"}, headers=headers)
+    await _error(resp, 429, "rate_limited")
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    assert resp.headers["X-RateLimit-Remaining"] == "0"
+    # The check scope has its own counter: listing counts as check for this key.
+    resp = await client.get(COURSES, headers=headers)
+    assert resp.status == 200 and resp.headers["X-RateLimit-Limit"] == "100"
+
+
+async def test_rate_limit_headers_on_error_responses_too(client, auth):
+    resp = await client.get("/api/v1/courses/00000000-0000-0000-0000-000000000000", headers=auth)
+    assert resp.status == 404
+    assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(resp.headers)
+
+
+async def test_concurrent_burst_admits_exactly_the_limit(client, factory):
+    _, headers = await factory.tenant_with_key(prep=1000, check=17)
+    statuses = await asyncio.gather(*[client.get(COURSES, headers=headers) for _ in range(60)])
+    codes = [r.status for r in statuses]
+    assert codes.count(200) == 17 and codes.count(429) == 43
+
+
+async def test_zero_limit_admits_nothing(client, factory):
+    _, headers = await factory.tenant_with_key(check=0)
+    await _error(await client.get(COURSES, headers=headers), 429)
+
+
+async def test_last_used_at_is_recorded(client, factory, db):
+    tenant = await factory.tenant()
+    key = await factory.key(tenant["id"])
+    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key["id"]) is None
+    await client.get(COURSES, headers={"X-API-Key": key["key"]})
+    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", key["id"]) is not None
+
+
+def test_sliding_window_arithmetic():
+    # Fresh window: everything left, reset at the window's end.
+    assert ratelimit.remaining_requests(10, 0, 0, 0.0) == 10
+    assert ratelimit.seconds_until_free(10, 0, 4, 15.0) == 45
+    # Full window: the next window frees a request as soon as it starts.
+    assert ratelimit.remaining_requests(10, 0, 10, 20.0) == 0
+    assert ratelimit.seconds_until_free(10, 0, 10, 20.0) == 40
+    # Previous window's weight decays: 10 * (1 - 30/60) + 5 = 10 -> full; frees at 10*(1-5/10)=... t=30s -> 1s.
+    assert ratelimit.remaining_requests(10, 10, 5, 30.0) == 0
+    assert ratelimit.seconds_until_free(10, 10, 5, 30.0) == 1
+    assert ratelimit.remaining_requests(10, 10, 5, 45.0) == 3

@@ -1,0 +1,97 @@
+"""The error shape, request ids, 500s that leak nothing, CORS, the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from app.main import create_app
+
+
+async def test_unknown_route_and_method_are_json(client, auth):
+    resp = await client.get("/api/v1/nothing-here", headers=auth)
+    assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+    resp = await client.post("/health")
+    assert resp.status == 405 and (await resp.json())["error"]["code"] == "method_not_allowed"
+    assert "GET" in resp.headers["Allow"]
+
+
+async def test_every_response_has_a_request_id(client, auth):
+    for resp in (await client.get("/health"), await client.get("/api/v1/courses"),
+                 await client.get("/api/v1/courses", headers=auth), await client.get("/nope")):
+        assert len(resp.headers["X-Request-ID"]) >= 8
+    resp = await client.get("/health", headers={"X-Request-ID": "trace-abc-123"})
+    assert resp.headers["X-Request-ID"] == "trace-abc-123"
+    resp = await client.get("/health", headers={"X-Request-ID": "bad id\twith junk"})
+    assert resp.headers["X-Request-ID"] != "bad id\twith junk"
+
+
+async def test_unexpected_fault_is_500_with_request_id_and_no_traceback(aiohttp_client, settings, caplog):
+    app = await create_app(settings)
+
+    async def boom(request):
+        raise RuntimeError("secret internals")
+
+    app.router.add_get("/boom", boom)
+    client = await aiohttp_client(app)
+    with caplog.at_level(logging.ERROR):
+        resp = await client.get("/boom")
+    assert resp.status == 500
+    body = await resp.json()
+    assert body["error"]["code"] == "internal_error"
+    assert body["error"]["request_id"] == resp.headers["X-Request-ID"]
+    assert "secret internals" not in await resp.text() and "Traceback" not in await resp.text()
+    assert any("secret internals" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+async def test_cors(aiohttp_client, app_env, auth):
+    from app.config import Settings
+
+    client = await aiohttp_client(await create_app(Settings.from_env({**app_env, "CORS_ORIGINS": "https://app.example"})))
+    resp = await client.get("/api/v1/courses", headers={**auth, "Origin": "https://app.example"})
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "X-RateLimit-Remaining" in resp.headers["Access-Control-Expose-Headers"]
+    resp = await client.options("/api/v1/courses", headers={"Origin": "https://app.example",
+                                                             "Access-Control-Request-Method": "POST"})
+    assert resp.status == 204
+    assert "X-API-Key" in resp.headers["Access-Control-Allow-Headers"]
+    resp = await client.get("/api/v1/courses", headers={**auth, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_no_cors_headers_by_default(client, auth):
+    resp = await client.get("/api/v1/courses", headers={**auth, "Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_openapi_documents_every_endpoint(client):
+    resp = await client.get("/api/docs/swagger.json")
+    assert resp.status == 200
+    spec = await resp.json()
+    assert spec["info"]["title"] == "Course Supporter API"
+    assert spec["securityDefinitions"]["ApiKeyAuth"]["name"] == "X-API-Key"
+    expected = {
+        ("/health", "get"), ("/api/v1/courses", "post"), ("/api/v1/courses", "get"),
+        ("/api/v1/courses/{course_id}", "get"), ("/api/v1/courses/{course_id}", "patch"),
+        ("/api/v1/courses/{course_id}", "delete"), ("/api/v1/courses/{course_id}/structure", "put"),
+        ("/api/v1/courses/{course_id}/lessons/{lesson_id}", "get"),
+    }
+    documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert expected <= documented
+    for path, method in expected:
+        operation = spec["paths"][path][method]
+        assert operation["summary"] and operation["responses"]
+        if path.startswith("/api/v1/"):
+            assert operation["security"] == [{"ApiKeyAuth": []}]
+            assert {"401", "429"} <= set(operation["responses"])
+    post = spec["paths"]["/api/v1/courses"]["post"]
+    assert post["parameters"][0]["in"] == "body"
+    assert spec["definitions"]["CourseCreate"]["required"] == ["title"]
+
+
+async def test_swagger_ui(client):
+    resp = await client.get("/docs")
+    assert resp.status == 200
+    html = await resp.text()
+    assert "swagger" in html.lower() and "/api/docs/swagger.json" in html

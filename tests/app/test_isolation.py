@@ -1,0 +1,60 @@
+"""Tenant isolation: every endpoint answers 404 for another tenant's resources."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+async def foreign(client, factory):
+    """A course with a lesson owned by tenant A, and tenant B's headers."""
+    _, owner = await factory.tenant_with_key()
+    _, intruder = await factory.tenant_with_key()
+    course = await (await client.post("/api/v1/courses", json={"title": "Secret"}, headers=owner)).json()
+    structure = await (await client.put(f"/api/v1/courses/{course['id']}/structure",
+                                        json={"modules": [{"title": "M", "lessons": [{"title": "L"}]}]},
+                                        headers=owner)).json()
+    lesson_id = structure["modules"][0]["lessons"][0]["id"]
+    return {"course": course["id"], "lesson": lesson_id, "owner": owner, "intruder": intruder}
+
+
+ENDPOINTS = [
+    ("GET", "/api/v1/courses/{course}", None),
+    ("PATCH", "/api/v1/courses/{course}", {"title": "Hijacked"}),
+    ("DELETE", "/api/v1/courses/{course}", None),
+    ("PUT", "/api/v1/courses/{course}/structure", {"modules": []}),
+    ("GET", "/api/v1/courses/{course}/lessons/{lesson}", None),
+]
+
+
+@pytest.mark.parametrize("method, template, body", ENDPOINTS, ids=[f"{m} {t}" for m, t, _ in ENDPOINTS])
+async def test_other_tenants_resource_is_404(client, foreign, method, template, body):
+    path = template.format(**foreign)
+    resp = await client.request(method, path, json=body, headers=foreign["intruder"])
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    # ...and nothing changed for the owner.
+    course = await (await client.get(f"/api/v1/courses/{foreign['course']}", headers=foreign["owner"])).json()
+    assert course["title"] == "Secret"
+    assert course["structure"]["modules"][0]["lessons"][0]["id"] == foreign["lesson"]
+
+
+async def test_listing_shows_only_own_courses(client, foreign):
+    mine = await (await client.get("/api/v1/courses", headers=foreign["intruder"])).json()
+    assert mine["total"] == 0 and mine["items"] == []
+    theirs = await (await client.get("/api/v1/courses", headers=foreign["owner"])).json()
+    assert [c["id"] for c in theirs["items"]] == [foreign["course"]]
+
+
+def test_every_api_route_is_covered(settings):
+    """A new /api/v1 route must be added to ENDPOINTS (or to the listing test)."""
+    import asyncio
+
+    from app.main import create_app
+
+    app = asyncio.run(create_app(settings))
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/api/v1/") and r.method != "HEAD"}
+    covered = {(m, t.replace("{course}", "{course_id}").replace("{lesson}", "{lesson_id}")) for m, t, _ in ENDPOINTS}
+    covered |= {("GET", "/api/v1/courses"), ("POST", "/api/v1/courses")}
+    assert routes == covered

@@ -1,0 +1,67 @@
+"""Session-wide real servers: a throwaway PostgreSQL cluster and a moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from app.migrate import apply_migrations
+from tests.support.pg import PostgresCluster
+from tests.support.s3 import CREDENTIALS, S3Server
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def pg():
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def database_url(pg):
+    url = pg.create_database("course_supporter")
+    apply_migrations(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3():
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def bucket(s3):
+    return s3.create_bucket("materials")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_credentials():
+    """boto3 reads credentials from the environment, as the contract says."""
+    saved = {k: os.environ.get(k) for k in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def app_env(database_url, s3, bucket):
+    """The environment a deployed app would get."""
+    return {
+        **CREDENTIALS,
+        "DATABASE_URL": database_url,
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": s3.endpoint_url,
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"

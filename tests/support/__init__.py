@@ -1,0 +1,1 @@
+"""Real throwaway servers for tests, benchmarks and `make dev`."""
