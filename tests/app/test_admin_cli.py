@@ -1,0 +1,138 @@
+"""The admin CLI as operators run it: a subprocess, JSON output, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.conftest import REPO_ROOT, unique
+
+
+def admin(*args: str, env: dict | None = None, database_url: str | None = None) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    if database_url:
+        environment["DATABASE_URL"] = database_url
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "app.admin", *args], cwd=REPO_ROOT, env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def cli(database_url):
+    def run(*args, **kwargs):
+        return admin(*args, database_url=database_url, **kwargs)
+    return run
+
+
+def ok_json(result: subprocess.CompletedProcess):
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_tenant_lifecycle(cli):
+    name = unique("Acme")
+    tenant = ok_json(cli("tenant", "create", name, "--json"))
+    assert set(tenant) == {"id", "name", "is_active", "created_at"}
+    assert tenant["name"] == name and tenant["is_active"] is True
+    listed = ok_json(cli("tenant", "list", "--json"))
+    assert tenant in listed
+    assert ok_json(cli("tenant", "deactivate", tenant["id"], "--json"))["is_active"] is False
+    # --json is accepted anywhere after the subcommand.
+    assert ok_json(cli("tenant", "--json", "activate", tenant["id"]))["is_active"] is True
+
+
+def test_key_lifecycle(cli, database_url):
+    tenant = ok_json(cli("tenant", "create", unique("Keys"), "--json"))
+    issued = ok_json(cli("key", "issue", tenant["id"], "--json", "--label", "ci", "--scopes", "prep",
+                         "--env", "test", "--rate-limit-prep", "7", "--expires-at", "2099-01-01T00:00:00Z"))
+    assert {"id", "key", "prefix", "tenant_id", "label", "scopes", "rate_limit_prep", "rate_limit_check",
+            "expires_at", "created_at"} <= set(issued)
+    assert issued["key"].startswith("cs_test_") and len(issued["key"]) == 8 + 32
+    assert issued["prefix"] == issued["key"][:12]
+    assert issued["scopes"] == ["prep"] and issued["rate_limit_prep"] == 7
+    assert issued["rate_limit_check"] == 300  # RATE_LIMIT_CHECK_PER_MIN default
+    assert issued["expires_at"].startswith("2099-01-01T00:00:00")
+
+    defaults = ok_json(cli("key", "issue", tenant["id"], "--json", env={"RATE_LIMIT_PREP_PER_MIN": "11"}))
+    assert defaults["scopes"] == ["prep", "check"] and defaults["rate_limit_prep"] == 11
+    assert defaults["key"].startswith("cs_live_")
+
+    keys = ok_json(cli("key", "list", tenant["id"], "--json"))
+    assert [k["id"] for k in keys] == [issued["id"], defaults["id"]]
+    assert all("key" not in k for k in keys)
+    assert issued["key"] not in json.dumps(keys)
+
+    revoked = ok_json(cli("key", "revoke", issued["id"], "--json"))
+    assert revoked["is_active"] is False and "key" not in revoked
+
+    # Only the hash is stored: the key itself is nowhere in the database.
+    dump = subprocess.run(["pg_dump", "--data-only", database_url], capture_output=True, text=True, check=True).stdout
+    assert issued["key"] not in dump and issued["key"][12:] not in dump
+
+
+def test_text_output_shows_the_key_once(cli):
+    tenant = ok_json(cli("tenant", "create", unique("Text"), "--json"))
+    result = cli("key", "issue", tenant["id"])
+    assert result.returncode == 0
+    assert "key: cs_live_" in result.stdout and "never shown again" in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ("tenant", "deactivate", str(uuid.uuid4())),
+    ("key", "issue", str(uuid.uuid4())),
+    ("key", "list", str(uuid.uuid4())),
+    ("key", "revoke", str(uuid.uuid4())),
+])
+def test_unknown_ids_exit_1_with_a_message(cli, args):
+    result = cli(*args, "--json")
+    assert result.returncode == 1
+    assert result.stdout == "" and "no " in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    (),
+    ("tenant",),
+    ("frobnicate",),
+    ("tenant", "activate", "not-a-uuid"),
+    ("key", "issue", str(uuid.uuid4()), "--scopes", "admin"),
+    ("key", "issue", str(uuid.uuid4()), "--rate-limit-prep", "-3"),
+    ("key", "issue", str(uuid.uuid4()), "--expires-at", "tomorrow"),
+    ("key", "issue", str(uuid.uuid4()), "--expires-at", "2001-01-01"),
+    ("key", "issue", str(uuid.uuid4()), "--env", "prod"),
+])
+def test_usage_errors_exit_2(cli, args):
+    assert cli(*args).returncode == 2
+
+
+def test_missing_database_url_is_one_clear_line():
+    result = admin("tenant", "list")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "configuration error: DATABASE_URL is required but not set"
+
+
+def test_unreachable_database_exits_1(tmp_path):
+    from tests.support.net import free_port
+
+    result = admin("tenant", "list", database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    assert result.returncode == 1 and "cannot connect" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_migrate_is_idempotent_and_safe_concurrently(pg):
+    url = pg.create_database(unique("migrations").replace("-", "_"))
+    runs = [subprocess.Popen([sys.executable, "-m", "app.admin", "migrate", "--json"], cwd=REPO_ROOT,
+                             env={**os.environ, "DATABASE_URL": url}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(60), *p.communicate()) for p in runs]
+    assert [code for code, _, _ in results] == [0, 0], results
+    applied = [json.loads(out)["applied"] for _, out, _ in results]
+    # One run applied everything, the other found nothing left.
+    assert sorted(applied, key=len) == [[], sorted(p[:-4] for p in os.listdir(os.path.join(REPO_ROOT, "migrations"))
+                                              if p.endswith(".sql") and not p.endswith(".rollback.sql"))]
+    again = admin("migrate", "--json", database_url=url)
+    assert json.loads(again.stdout) == {"applied": []}
+    assert admin("migrate", database_url=url).stdout.strip() == "nothing to apply: the schema is up to date"

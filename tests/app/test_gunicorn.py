@@ -1,0 +1,90 @@
+"""The app under gunicorn with several workers: limits hold across all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from tests.support.gunicorn import Gunicorn
+
+pytestmark = pytest.mark.gunicorn
+
+WORKERS = 4
+
+
+@pytest.fixture(scope="module")
+def server(app_env):
+    with Gunicorn(app_env, workers=WORKERS) as gunicorn:
+        yield gunicorn
+
+
+async def burst(url: str, headers: dict, count: int) -> list[int]:
+    connector = aiohttp.TCPConnector(limit=count, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def one():
+            async with session.get(url, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+        return await asyncio.gather(*[one() for _ in range(count)])
+
+
+async def test_exactly_the_limit_passes_a_concurrent_burst_across_workers(server, factory):
+    assert len(server.worker_pids()) == WORKERS
+    _, headers = await factory.tenant_with_key(check=40)
+    statuses = await burst(server.url + "/api/v1/courses", headers, 150)
+    assert statuses.count(200) == 40 and statuses.count(429) == 110, sorted(set(statuses))
+
+
+async def test_limits_survive_worker_restarts(server, factory):
+    _, headers = await factory.tenant_with_key(check=10)
+    statuses = await burst(server.url + "/api/v1/courses", headers, 10)
+    assert statuses.count(200) == 10
+    old = set(server.worker_pids())
+    os.kill(server.proc.pid, signal.SIGHUP)  # gunicorn replaces every worker
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (set(server.worker_pids()) & old or len(server.worker_pids()) != WORKERS):
+        await asyncio.sleep(0.2)
+    assert not set(server.worker_pids()) & old
+    server.wait_healthy()
+    statuses = await burst(server.url + "/api/v1/courses", headers, 5)
+    assert statuses == [429] * 5
+
+
+async def test_killed_worker_is_replaced(server, auth):
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (victim in server.worker_pids() or len(server.worker_pids()) != WORKERS):
+        await asyncio.sleep(0.2)
+    assert victim not in server.worker_pids() and len(server.worker_pids()) == WORKERS
+    statuses = await burst(server.url + "/api/v1/courses", auth, 20)
+    assert statuses == [200] * 20
+
+
+async def test_logs_are_json_lines_without_keys(server, factory):
+    tenant, headers = await factory.tenant_with_key()
+    key = headers["X-API-Key"]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url + "/api/v1/courses", json={"title": "Logged"}, headers=headers) as resp:
+            assert resp.status == 201
+            request_id = resp.headers["X-Request-ID"]
+        async with session.get(server.url + "/api/v1/courses", headers={"X-API-Key": key[:-1] + "0"}) as resp:
+            assert resp.status in (401, 200)
+    await asyncio.sleep(0.5)
+    lines = server.log_lines()
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    assert all({"timestamp", "level", "logger", "message"} <= set(r) for r in records)
+    access = [r for r in records if r.get("request_id") == request_id and r["logger"] == "app.access"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["method"] == "POST" and line["path"] == "/api/v1/courses" and line["status"] == 201
+    assert line["tenant_id"] == str(tenant["id"]) and line["key_prefix"] == key[:12]
+    assert isinstance(line["duration_ms"], float)
+    text = "\n".join(lines)
+    assert key not in text and key[12:] not in text and key[:-1] not in text

@@ -1,0 +1,80 @@
+"""The app under a real gunicorn master, from the repository root (so gunicorn.conf.py applies)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from .net import free_port, wait_for_port
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Gunicorn:
+    def __init__(self, env: dict[str, str], *, workers: int = 2, app: str = "app.main:create_app",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.env = {**os.environ, **env}
+        self.workers = workers
+        self.app = app
+        self.extra_args = extra_args
+        self.port = free_port()
+        self.log_path = tempfile.mktemp(prefix="cs-gunicorn-", suffix=".log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Gunicorn":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", self.app, "--worker-class", "aiohttp.GunicornWebWorker",
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers), *self.extra_args],
+            cwd=REPO_ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"),
+        )
+        wait_for_port(self.port, proc=self.proc, timeout=60)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("gunicorn did not become healthy")
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def log_lines(self) -> list[str]:
+        with open(self.log_path, encoding="utf-8") as f:
+            return [line for line in f.read().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "Gunicorn":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        try:
+            os.unlink(self.log_path)
+        except FileNotFoundError:
+            pass
