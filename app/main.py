@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_apispec import validation_middleware
 
 from .auth import auth_middleware
 from .config import Settings
@@ -11,7 +10,7 @@ from .db import pool_ctx
 from .errors import error_middleware
 from .keys import settings_key
 from .log import setup_logging
-from .middlewares import add_response_headers, cors_middleware, json_body_middleware, request_context_middleware
+from .middlewares import add_response_headers, cors_middleware, request_context_middleware, validation_middleware
 from .routes import setup_openapi, setup_routes
 from .storage import storage_ctx
 
@@ -22,17 +21,11 @@ CLIENT_MAX_SIZE = 8 * 1024 * 1024
 async def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     setup_logging(settings.log_level)
-    app = web.Application(
-        client_max_size=CLIENT_MAX_SIZE,
-        middlewares=[
-            request_context_middleware,
-            error_middleware,
-            cors_middleware(settings.cors_origins),
-            auth_middleware,
-            json_body_middleware,
-            validation_middleware,
-        ],
-    )
+    middlewares = [request_context_middleware, error_middleware]
+    if settings.cors_origins:
+        middlewares.append(cors_middleware(settings.cors_origins))
+    middlewares += [auth_middleware, validation_middleware]
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares)
     app[settings_key] = settings
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(storage_ctx)

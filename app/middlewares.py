@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import uuid
 
 from aiohttp import hdrs, web
+from aiohttp_apispec import validation_middleware as apispec_validation_middleware
 
 from . import log
 from .errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from .jsonutil import loads
 from .keys import cors_origin_key, ratelimit_headers_key, request_id_key
 
 access_log = logging.getLogger("app.access")
@@ -82,26 +83,36 @@ def cors_middleware(allowed_origins: tuple[str, ...]):
     return middleware
 
 
-def _json_schema_of(handler):
-    for spec in getattr(handler, "__schemas__", ()):
+def _json_schema_of(schemas):
+    for spec in schemas:
         if spec["locations"] and "json" in spec["locations"]:
             return spec["schema"]
     return None
 
 
 @web.middleware
-async def json_body_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """For handlers taking a JSON body: 415 for another media type, 400 for broken
-    JSON, 422 for a body that is not an object or has fields the schema lacks.
-    (Field validation itself is aiohttp-apispec's validation middleware.)"""
-    schema = _json_schema_of(request.match_info.handler)
-    if schema is None or not request.body_exists:
+async def validation_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Input validation for handlers that declare schemas; others pass straight through.
+
+    A JSON body first gets the checks webargs lacks: 415 for another media type,
+    400 for broken JSON, 422 for a body that is not an object or has fields the
+    schema lacks. Then aiohttp-apispec's validation middleware validates the
+    fields (422 with details) and puts the result on the request."""
+    schemas = getattr(request.match_info.handler, "__schemas__", None)
+    if not schemas:
         return await handler(request)
+    schema = _json_schema_of(schemas)
+    if schema is not None and request.body_exists:
+        await _check_json_body(request, schema)
+    return await apispec_validation_middleware(request, handler)
+
+
+async def _check_json_body(request: web.Request, schema) -> None:
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"Send the body as application/json, not {content_type}.")
     try:
-        body = json.loads(await request.read())
+        body = loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}", code="malformed_json") from None
     if not isinstance(body, dict):
@@ -110,4 +121,3 @@ async def json_body_middleware(request: web.Request, handler) -> web.StreamRespo
     unknown = sorted(set(body) - known)
     if unknown:
         raise ValidationFailed("The body has unknown fields.", details={name: ["Unknown field."] for name in unknown})
-    return await handler(request)

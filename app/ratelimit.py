@@ -6,7 +6,10 @@ window and of the one before it. A request is admitted while
     prev_count * (1 - elapsed / WINDOW) + curr_count < limit
 
 Windows are anchored at a key's first request (not at wall-clock minutes),
-so a burst is never split by an arbitrary minute boundary. The key lookup,
+so a burst is never split by an arbitrary minute boundary. ``now()`` is the
+transaction's start, which for a request that queued on the row lock can be
+slightly before the window it lands in: elapsed time is clamped at zero, so
+such a request counts in that window instead of resetting it. The key lookup,
 the scope decision and the counter update are ONE statement, hence one round
 trip per request; the ``INSERT ... ON CONFLICT DO UPDATE`` row lock makes
 concurrent requests from any number of workers queue on the counter row, so
@@ -49,18 +52,19 @@ hit AS (
             SELECT ws, prev, curr + ok::int, ok
             FROM (
                 SELECT ws, prev, curr,
-                       prev * (1 - extract(epoch FROM now() - ws) / $3) + curr
+                       prev * (1 - greatest(extract(epoch FROM now() - ws), 0) / $3) + curr
                            < (SELECT lim FROM admitted) AS ok
                 FROM (
                     SELECT c.window_start + n * make_interval(secs => $3) AS ws,
                            CASE n WHEN 0 THEN c.prev_count WHEN 1 THEN c.curr_count ELSE 0 END AS prev,
                            CASE n WHEN 0 THEN c.curr_count ELSE 0 END AS curr
-                    FROM (SELECT floor(extract(epoch FROM now() - c.window_start) / $3)::int AS n) AS elapsed
+                    FROM (SELECT greatest(floor(extract(epoch FROM now() - c.window_start) / $3), 0)::int AS n)
+                         AS elapsed
                 ) AS shifted
             ) AS decided
         )
     RETURNING c.allowed, c.curr_count, c.prev_count,
-              extract(epoch FROM now() - c.window_start)::float8 AS elapsed
+              greatest(extract(epoch FROM now() - c.window_start), 0)::float8 AS elapsed
 ),
 touched AS (
     UPDATE api_keys SET last_used_at = now()

@@ -17,11 +17,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 class Gunicorn:
     def __init__(self, env: dict[str, str], *, workers: int = 2, app: str = "app.main:create_app",
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), ready_path: str = "/health") -> None:
         self.env = {**os.environ, **env}
         self.workers = workers
         self.app = app
         self.extra_args = extra_args
+        self.ready_path = ready_path
         self.port = free_port()
         self.log_path = tempfile.mktemp(prefix="cs-gunicorn-", suffix=".log")
         self.proc: subprocess.Popen | None = None
@@ -44,7 +45,7 @@ class Gunicorn:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as resp:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=5) as resp:
                     if resp.status == 200:
                         return
             except OSError:

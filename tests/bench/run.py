@@ -1,0 +1,89 @@
+"""`make bench`: authenticated GET /api/v1/courses/{id} vs a bare SELECT 1 app.
+
+Both run under the same gunicorn settings (2 aiohttp workers) against the
+same throwaway PostgreSQL, loaded by wrk in the same run. Target: the app's
+throughput is at least half the bare app's (ratio >= 0.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+
+import asyncpg
+
+from app import courses, tenants
+from app.migrate import apply_migrations
+from tests.support.gunicorn import Gunicorn
+from tests.support.pg import PostgresCluster
+from tests.support.s3 import CREDENTIALS, S3Server
+
+WORKERS = 2
+DURATION_S = 10
+CONNECTIONS = 16
+THREADS = 2
+TARGET_RATIO = 0.5
+
+
+def wrk(url: str, headers: dict[str, str], duration: int = DURATION_S) -> dict[str, float]:
+    args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale}
+
+
+async def seed(database_url: str) -> tuple[str, str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        tenant = await tenants.create_tenant(conn, "Bench")
+        key = await tenants.issue_key(conn, tenant["id"], scopes=tenants.SCOPES, label="bench", env="test",
+                                      rate_limit_prep=2_000_000_000, rate_limit_check=2_000_000_000, expires_at=None)
+        course = await courses.create_course(conn, tenant["id"], "Benchmarking 101", "A course to read")
+        modules = [{"title": f"Module {m}", "lessons": [{"title": f"Lesson {m}.{n}", "content": "text " * 50}
+                                                         for n in range(1, 5)]} for m in range(1, 4)]
+        await courses.replace_structure(conn, tenant["id"], course["id"], modules)
+        return key["key"], str(course["id"])
+    finally:
+        await conn.close()
+
+
+def measure(env: dict, app: str, path: str, headers: dict[str, str]) -> dict[str, float]:
+    with Gunicorn(env, workers=WORKERS, app=app, ready_path=path if not headers else "/health") as server:
+        wrk(server.url + path, headers, duration=2)  # warm-up: pools, caches, plans
+        return wrk(server.url + path, headers)
+
+
+def main() -> int:
+    if shutil.which("wrk") is None:
+        print("wrk is missing: run `make deps`", file=sys.stderr)
+        return 1
+    with PostgresCluster() as pg, S3Server() as s3:
+        database_url = pg.create_database("bench")
+        apply_migrations(database_url)
+        key, course_id = asyncio.run(seed(database_url))
+        env = {**CREDENTIALS, "DATABASE_URL": database_url, "S3_BUCKET": s3.create_bucket("bench"),
+               "S3_ENDPOINT_URL": s3.endpoint_url, "LOG_LEVEL": "INFO"}
+        app = measure(env, "app.main:create_app", f"/api/v1/courses/{course_id}", {"X-API-Key": key})
+        bare = measure(env, "tests.bench.bare_app:create_app", "/select1", {})
+    ratio = app["rps"] / bare["rps"]
+    print(f"\nbench: {WORKERS} gunicorn workers, wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION_S}s")
+    print(f"{'':40} {'rps':>10} {'p99 ms':>8}")
+    print(f"{'GET /api/v1/courses/{id} (auth+limit)':40} {app['rps']:>10.0f} {app['p99_ms']:>8.2f}")
+    print(f"{'bare aiohttp+asyncpg SELECT 1':40} {bare['rps']:>10.0f} {bare['p99_ms']:>8.2f}")
+    verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(f"throughput ratio app/bare = {ratio:.2f} (target >= {TARGET_RATIO}: {verdict})")
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
