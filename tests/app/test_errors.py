@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
 
 from app.main import create_app
 

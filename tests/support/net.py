@@ -1,8 +1,9 @@
-"""Loopback helpers."""
+"""Loopback and process helpers."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 
@@ -23,3 +24,15 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0, pro
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+def stop_process(proc, timeout: float = 15.0) -> None:
+    """SIGTERM (a clean shutdown for postgres, gunicorn, moto), SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .net import free_port, wait_for_port
+from .net import free_port, stop_process, wait_for_port
 
 TEST_USER = "cs-test"
 
@@ -75,13 +75,7 @@ class PostgresCluster:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: smart shutdown
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> "PostgresCluster":

@@ -8,7 +8,7 @@ import sys
 
 import boto3
 
-from .net import free_port, wait_for_port
+from .net import free_port, stop_process, wait_for_port
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -41,13 +41,7 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
 
     def __enter__(self) -> "S3Server":
         return self.start()
