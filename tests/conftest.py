@@ -9,7 +9,7 @@ import pytest
 
 from app.migrate import apply_migrations
 from tests.support.pg import PostgresCluster
-from tests.support.s3 import CREDENTIALS, S3Server
+from tests.support.s3 import CREDENTIALS, S3Server, app_environment
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,13 +54,7 @@ def _aws_credentials():
 @pytest.fixture(scope="session")
 def app_env(database_url, s3, bucket):
     """The environment a deployed app would get."""
-    return {
-        **CREDENTIALS,
-        "DATABASE_URL": database_url,
-        "S3_BUCKET": bucket,
-        "S3_ENDPOINT_URL": s3.endpoint_url,
-        "LOG_LEVEL": "INFO",
-    }
+    return app_environment(database_url, s3, bucket, LOG_LEVEL="INFO")
 
 
 def unique(name: str) -> str:

@@ -19,7 +19,7 @@ from app import courses, tenants
 from app.migrate import apply_migrations
 from tests.support.gunicorn import Gunicorn
 from tests.support.pg import PostgresCluster
-from tests.support.s3 import CREDENTIALS, S3Server
+from tests.support.s3 import S3Server, app_environment
 
 WORKERS = 2
 DURATION_S = 10
@@ -57,8 +57,8 @@ async def seed(database_url: str) -> tuple[str, str]:
         await conn.close()
 
 
-def measure(env: dict, app: str, path: str, headers: dict[str, str]) -> dict[str, float]:
-    with Gunicorn(env, workers=WORKERS, app=app, ready_path=path if not headers else "/health") as server:
+def measure(env: dict, app: str, path: str, headers: dict[str, str], *, ready_path: str) -> dict[str, float]:
+    with Gunicorn(env, workers=WORKERS, app=app, ready_path=ready_path) as server:
         wrk(server.url + path, headers, duration=2)  # warm-up: pools, caches, plans
         return wrk(server.url + path, headers)
 
@@ -71,10 +71,10 @@ def main() -> int:
         database_url = pg.create_database("bench")
         apply_migrations(database_url)
         key, course_id = asyncio.run(seed(database_url))
-        env = {**CREDENTIALS, "DATABASE_URL": database_url, "S3_BUCKET": s3.create_bucket("bench"),
-               "S3_ENDPOINT_URL": s3.endpoint_url, "LOG_LEVEL": "INFO"}
-        app = measure(env, "app.main:create_app", f"/api/v1/courses/{course_id}", {"X-API-Key": key})
-        bare = measure(env, "tests.bench.bare_app:create_app", "/select1", {})
+        env = app_environment(database_url, s3, s3.create_bucket("bench"), LOG_LEVEL="INFO")
+        app = measure(env, "app.main:create_app", f"/api/v1/courses/{course_id}", {"X-API-Key": key},
+                      ready_path="/health")
+        bare = measure(env, "tests.bench.bare_app:create_app", "/select1", {}, ready_path="/select1")
     ratio = app["rps"] / bare["rps"]
     print(f"\nbench: {WORKERS} gunicorn workers, wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION_S}s")
     print(f"{'':40} {'rps':>10} {'p99 ms':>8}")

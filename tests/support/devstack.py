@@ -18,7 +18,7 @@ from app.migrate import apply_migrations
 
 from .gunicorn import Gunicorn
 from .pg import PostgresCluster
-from .s3 import CREDENTIALS, S3Server
+from .s3 import S3Server, app_environment
 
 PORT = int(os.environ.get("DEV_PORT", "8080"))
 
@@ -40,11 +40,8 @@ def main() -> int:
         apply_migrations(database_url)
         bucket = s3.create_bucket("course-supporter-dev")
         key = asyncio.run(_demo_key(database_url))
-        env = {**CREDENTIALS, "DATABASE_URL": database_url, "S3_BUCKET": bucket,
-               "S3_ENDPOINT_URL": s3.endpoint_url, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO")}
-        server = Gunicorn(env, workers=2)
-        server.port = PORT
-        with server:
+        env = app_environment(database_url, s3, bucket, LOG_LEVEL=os.environ.get("LOG_LEVEL", "INFO"))
+        with Gunicorn(env, workers=2, port=PORT) as server:
             url = server.url
             print(f"""
 Course Supporter is running (Ctrl-C stops it and removes its data).

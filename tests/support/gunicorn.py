@@ -9,20 +9,20 @@ import tempfile
 import time
 import urllib.request
 
-from .net import free_port, stop_process, wait_for_port
+from .net import Service, free_port, stop_process, wait_for_port
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class Gunicorn:
+class Gunicorn(Service):
     def __init__(self, env: dict[str, str], *, workers: int = 2, app: str = "app.main:create_app",
-                 extra_args: tuple[str, ...] = (), ready_path: str = "/health") -> None:
+                 extra_args: tuple[str, ...] = (), ready_path: str = "/health", port: int | None = None) -> None:
         self.env = {**os.environ, **env}
         self.workers = workers
         self.app = app
         self.extra_args = extra_args
         self.ready_path = ready_path
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = tempfile.mktemp(prefix="cs-gunicorn-", suffix=".log")
         self.proc: subprocess.Popen | None = None
 
@@ -62,12 +62,6 @@ class Gunicorn:
 
     def stop(self) -> None:
         stop_process(self.proc, 30)
-
-    def __enter__(self) -> "Gunicorn":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
         try:
             os.unlink(self.log_path)
         except FileNotFoundError:

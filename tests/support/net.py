@@ -26,6 +26,26 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0, pro
     raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
 
 
+class Service:
+    """A throwaway server used as a context manager: ``with X() as x`` starts and stops it."""
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:  # a server that failed to get ready must not outlive us
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def stop_process(proc, timeout: float = 15.0) -> None:
     """SIGTERM (a clean shutdown for postgres, gunicorn, moto), SIGKILL if it lingers."""
     if proc is None or proc.poll() is not None:

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .net import free_port, stop_process, wait_for_port
+from .net import Service, free_port, stop_process, wait_for_port
 
 TEST_USER = "cs-test"
 
@@ -26,7 +26,7 @@ def pg_bin_dir() -> Path:
     return Path(candidates[-1]).parent
 
 
-class PostgresCluster:
+class PostgresCluster(Service):
     def __init__(self, *, fast: bool = True) -> None:
         self.bin = pg_bin_dir()
         self.port = free_port()
@@ -77,9 +77,3 @@ class PostgresCluster:
     def stop(self) -> None:
         stop_process(self.proc, 15)
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> "PostgresCluster":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

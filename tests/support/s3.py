@@ -8,12 +8,18 @@ import sys
 
 import boto3
 
-from .net import free_port, stop_process, wait_for_port
+from .net import Service, free_port, stop_process, wait_for_port
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-class S3Server:
+def app_environment(database_url: str, s3: "S3Server", bucket: str, **extra: str) -> dict[str, str]:
+    """The environment a deployed app gets: database, bucket, S3 endpoint and credentials."""
+    return {**CREDENTIALS, "DATABASE_URL": database_url, "S3_BUCKET": bucket,
+            "S3_ENDPOINT_URL": s3.endpoint_url, **extra}
+
+
+class S3Server(Service):
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -42,9 +48,3 @@ class S3Server:
 
     def stop(self) -> None:
         stop_process(self.proc, 10)
-
-    def __enter__(self) -> "S3Server":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
