@@ -1,0 +1,139 @@
+"""``python -m tests.localvps up|down|status`` (what ``make vps`` / ``make vps-down`` run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import host, machine, servers
+from .layout import (DEMO_KEY_FILE, DOMAIN, NAME, ROOT, SITE_CA, STATE_DIR, TELEGRAM_LOG, VPS_ADDRESS,
+                     VPS_JSON)
+
+PLAYBOOK = ["-i", "inventory/local", "playbooks/site.yml"]
+
+
+def ansible_playbook(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
+    """Run ansible-playbook from the checkout (its ansible.cfg) with the venv's ansible."""
+    exe = str(Path(sys.executable).parent / "ansible-playbook")
+    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0" if capture else os.environ.get("ANSIBLE_FORCE_COLOR", "1")}
+    return subprocess.run([exe, *args], cwd=ROOT, env=env, text=True, capture_output=capture)
+
+
+def demo_key() -> dict:
+    """A prep+check key of a demo tenant, issued once and re-issued if the VPS lost it."""
+    if DEMO_KEY_FILE.exists():
+        saved = json.loads(DEMO_KEY_FILE.read_text())
+        listed = machine.ssh(f"course-supporter-admin key list {shlex.quote(saved['tenant_id'])} --json",
+                             check=False)
+        if listed.returncode == 0 and any(k["id"] == saved["id"] and k.get("is_active", True)
+                                          for k in json.loads(listed.stdout)):
+            return saved
+    tenant = json.loads(machine.ssh("course-supporter-admin tenant create 'Local demo' --json").stdout)
+    key = json.loads(machine.ssh(
+        f"course-supporter-admin key issue {tenant['id']} --scopes prep,check --label 'make vps demo' --json").stdout)
+    DEMO_KEY_FILE.write_text(json.dumps(key))
+    DEMO_KEY_FILE.chmod(0o600)
+    return key
+
+
+def write_vps_json(api_key: str) -> dict:
+    description = {
+        "url": f"https://{DOMAIN}",
+        "domain": DOMAIN,
+        "address": VPS_ADDRESS,
+        "ca_cert": str(SITE_CA),
+        "api_key": api_key,
+        "ssh": shlex.join(machine.ssh_command()),
+        "telegram_log": str(TELEGRAM_LOG),
+    }
+    VPS_JSON.write_text(json.dumps(description, indent=2) + "\n")
+    return description
+
+
+def boot() -> dict:
+    """Everything but the playbook: host tooling, servers, network, the booted machine."""
+    state = host.load_state()
+    if host.netns_exists() and not state.get("network"):
+        raise SystemExit(f"error: a network namespace {NAME!r} exists that this checkout did not create "
+                         f"(a local VPS from another checkout?). Run `make vps-down` there first.")
+    host.ensure_inaccessible_nodes()
+    machine.ensure_ssh_key()
+    machine.ensure_rootfs_cache()
+    machine.ensure_machine_rootfs()
+    host.network_up(state)
+    servers.start_all(state)
+    machine.boot(state)
+    machine.wait_until_ready(state)
+    return state
+
+
+def up() -> int:
+    started = time.monotonic()
+    boot()
+    host.log("provisioning: ansible-playbook " + " ".join(PLAYBOOK))
+    if ansible_playbook(*PLAYBOOK).returncode != 0:
+        host.log("the playbook failed (see above); the VPS stays up: fix and run `make vps` again")
+        return 1
+    servers.record_site_ca()
+    description = write_vps_json(demo_key()["key"])
+    elapsed = time.monotonic() - started
+    url, key = description["url"], description["api_key"]
+    curl = f"curl --resolve {DOMAIN}:443:{VPS_ADDRESS} --cacert {SITE_CA}"
+    print(f"""
+Course Supporter local VPS is up ({elapsed:.0f} s).
+  URL:         {url}   (resolves to {VPS_ADDRESS} with --resolve; CA: {SITE_CA})
+  Swagger UI:  {url}/docs
+  Netdata:     {url}/netdata/   (user: admin, password in .vps/secrets/netdata_password)
+  Demo key:    {key}
+  Try:         {curl} -H 'X-API-Key: {key}' {url}/api/v1/courses
+  SSH:         {description['ssh']}
+  Details:     {VPS_JSON}; stop it all with `make vps-down`.
+""", flush=True)
+    return 0
+
+
+def down() -> int:
+    state = host.load_state()
+    machine.shutdown(state)
+    servers.stop_all(state)
+    host.network_down(state)
+    machine.remove()
+    for path in (VPS_JSON, DEMO_KEY_FILE, SITE_CA, TELEGRAM_LOG, STATE_DIR / "secrets", STATE_DIR / "state.json"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    host.log("the local VPS and its host-side servers are gone (the image cache in .vps/cache stays)")
+    return 0
+
+
+def status() -> int:
+    state = host.load_state()
+    for name, entry in sorted(state.get("processes", {}).items()):
+        print(f"{name:14} pid {entry['pid']:>7}  {'running' if host.is_running(entry) else 'gone'}")
+    print(f"network        {'up' if host.netns_exists() else 'down'}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.localvps", description="The local VPS.")
+    parser.add_argument("command", choices=["up", "down", "status", "boot"])
+    command = parser.parse_args().command
+    if os.geteuid() != 0:
+        print("error: the local VPS needs root (network namespaces, systemd-nspawn)", file=sys.stderr)
+        return 1
+    if command == "boot":
+        boot()
+        return 0
+    return {"up": up, "down": down, "status": status}[command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
