@@ -1,4 +1,6 @@
 # Course Supporter — developer entry points. Run as root on Debian 12.
+#   make vps       a local VPS (systemd-nspawn) provisioned by playbooks/site.yml
+#   make vps-down  stop and remove it, and the host-side servers it uses
 #   make test   every test (installs what it needs first)
 #   make dev    the app on localhost with a throwaway Postgres and S3 server
 #   make bench  benchmarks in tests/bench/, printing their figures
@@ -10,15 +12,17 @@ VENV       := .venv
 VENV_PY    := $(VENV)/bin/python
 TEST_USER  := cs-test
 # Debian packages the tests and tools need on the machine itself.
-APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk
+APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk \
+	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl
 
-.PHONY: help deps apt-packages test-user test dev bench vps
+.PHONY: help deps apt-packages test-user test dev bench vps vps-down
 
 help:
 	@echo "make test    run every test (installs prerequisites first)"
 	@echo "make dev     app on http://127.0.0.1:8080 with throwaway Postgres + S3 and a demo key"
 	@echo "make bench   run the benchmarks in tests/bench/"
-	@echo "make vps     the local VPS (arrives with the appliance issue)"
+	@echo "make vps       boot and provision the local VPS; prints its URL and a demo key"
+	@echo "make vps-down  stop and remove the local VPS and its host-side servers"
 
 deps: apt-packages test-user $(VENV)/.installed
 
@@ -50,5 +54,8 @@ dev: deps
 bench: deps
 	$(VENV_PY) -m tests.bench.run
 
-vps:
-	@echo "make vps arrives with the appliance issue (#4); see README.md" >&2; exit 1
+vps: deps
+	$(VENV_PY) -m tests.localvps up
+
+vps-down:
+	@if [ -x $(VENV_PY) ]; then $(VENV_PY) -m tests.localvps down; else echo "no venv: nothing was started"; fi

@@ -19,6 +19,7 @@ STATE_FILE = STATE_DIR / "state.json"    # what `up` created: PIDs, host setting
 VPS_JSON = STATE_DIR / "vps.json"        # the contract's description of the VPS
 SSH_KEY = STATE_DIR / "id_ed25519"
 KNOWN_HOSTS = STATE_DIR / "known_hosts"
+SSH_CONFIG = STATE_DIR / "ssh_config"     # for ssh -F / testinfra: host "local-vps"
 TELEGRAM_LOG = STATE_DIR / "telegram.jsonl"
 SITE_CA = STATE_DIR / "site-ca.pem"      # the ACME server's roots: what signed the site's certificate
 DEMO_KEY_FILE = STATE_DIR / "demo-key.json"

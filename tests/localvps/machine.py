@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import host
-from .layout import (CACHE_DIR, KNOWN_HOSTS, MACHINE_DIR, NAME, ROOTFS_PACKAGES, SSH_KEY, SUITE,
+from .layout import (CACHE_DIR, KNOWN_HOSTS, MACHINE_DIR, NAME, ROOTFS_PACKAGES, SSH_CONFIG, SSH_KEY, SUITE,
                      VPS_ADDRESS)
 
 ROOTFS_CACHE = CACHE_DIR / SUITE
@@ -32,6 +32,16 @@ def ensure_ssh_key() -> None:
     if not SSH_KEY.exists():
         SSH_KEY.parent.mkdir(parents=True, exist_ok=True)
         host.run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "local-vps-controller", "-f", str(SSH_KEY))
+    SSH_CONFIG.write_text(f"""Host local-vps {VPS_ADDRESS}
+    HostName {VPS_ADDRESS}
+    User root
+    IdentityFile {SSH_KEY}
+    IdentitiesOnly yes
+    BatchMode yes
+    UserKnownHostsFile {KNOWN_HOSTS}
+    StrictHostKeyChecking yes
+    ConnectTimeout 5
+""")
 
 
 def ensure_rootfs_cache() -> None:

@@ -1,0 +1,90 @@
+"""The provisioned local VPS for the appliance checks.
+
+``make test`` brings the VPS up itself (as ``make vps`` does) and takes it
+down afterwards; a VPS that was already up is re-provisioned with the current
+checkout and left running.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import testinfra
+
+from tests.localvps.layout import ROOT, SSH_CONFIG, VPS_JSON
+
+LOCALVPS = [sys.executable, "-m", "tests.localvps"]
+# The first appliance test also waits for the VPS to be built and provisioned.
+APPLIANCE_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/appliance/" in item.nodeid:
+            item.add_marker(pytest.mark.timeout(APPLIANCE_TIMEOUT_S))
+
+
+def _vps_running() -> bool:
+    if not VPS_JSON.exists():
+        return False
+    return subprocess.run(["ssh", "-F", str(SSH_CONFIG), "local-vps", "true"], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def vps() -> dict:
+    started_here = not _vps_running()
+    subprocess.run([*LOCALVPS, "up"], cwd=ROOT, check=True, timeout=900)
+    try:
+        yield json.loads(VPS_JSON.read_text())
+    finally:
+        if started_here:
+            subprocess.run([*LOCALVPS, "down"], cwd=ROOT, check=False, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def host(vps):
+    """testinfra over SSH, with the VPS's pinned host key."""
+    return testinfra.get_host("ssh://local-vps", ssh_config=str(SSH_CONFIG))
+
+
+class Curl:
+    """curl against the VPS the way the contract says: --resolve to its address, its CA, no -k."""
+
+    def __init__(self, vps: dict) -> None:
+        self.vps = vps
+
+    def __call__(self, path: str, *args: str, scheme: str = "https") -> tuple[int, dict[str, str], str]:
+        port = 443 if scheme == "https" else 80
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "30", "--resolve", f"{self.vps['domain']}:{port}:{self.vps['address']}",
+             "--cacert", self.vps["ca_cert"], "-D", "-", *args, f"{scheme}://{self.vps['domain']}{path}"],
+            capture_output=True, text=True, timeout=60, check=True).stdout
+        head, _, body = out.partition("\n\n")  # text mode has turned CRLF into LF
+        status_line, *header_lines = head.splitlines()
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+        return int(status_line.split()[1]), headers, body
+
+    def json(self, path: str, *args: str) -> tuple[int, object]:
+        status, _, body = self(path, *args)
+        return status, json.loads(body)
+
+
+@pytest.fixture(scope="session")
+def curl(vps) -> Curl:
+    return Curl(vps)
+
+
+def wait_for(predicate, timeout: float, interval: float = 2.0):
+    """Poll until ``predicate()`` is truthy (returned) or ``timeout`` seconds pass (None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    return None
