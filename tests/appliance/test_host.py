@@ -137,3 +137,20 @@ def test_admin_cli_runs_as_the_app_with_its_environment(host):
     assert result.rc == 0, result.stderr
     assert isinstance(json.loads(result.stdout), list)
     assert host.run("course-supporter-admin tenant deactivate not-a-uuid --json").rc in (1, 2)
+
+
+def test_app_environment_names_a_reachable_llm_provider(host):
+    env = dict(line.split("=", 1) for line in host.check_output("cat /etc/course-supporter/env").splitlines()
+               if "=" in line and not line.startswith("#"))
+    base_url = env["OPENAI_BASE_URL"].strip('"')
+    key = env["OPENAI_API_KEY"].strip('"')
+    models = json.loads(host.check_output(f"curl -sf -H 'Authorization: Bearer {key}' {base_url}/models"))
+    assert models["data"]
+
+
+def test_reload_replaces_workers_without_restarting_the_service(host):
+    before = host.check_output("systemctl show -p MainPID --value course-supporter")
+    host.run_expect([0], "systemctl reload course-supporter")
+    assert host.run("curl -sf --retry 10 --retry-connrefused --retry-delay 1 http://127.0.0.1:8000/health").rc == 0
+    assert host.check_output("systemctl show -p MainPID --value course-supporter") == before
+    assert host.service("course-supporter").is_running

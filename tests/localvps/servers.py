@@ -4,7 +4,9 @@
   to the VPS: certbot on the VPS gets a real certificate through a real HTTP-01
   challenge answered by the VPS's nginx;
 - moto in server mode: the S3 bucket;
-- a fake Telegram Bot API that records Netdata's alerts in .vps/telegram.jsonl.
+- a fake Telegram Bot API that records Netdata's alerts in .vps/telegram.jsonl;
+- the OpenAI-compatible test server (tests/support/llm_server.py), the VPS's LLM
+  provider unless the caller's environment names a real one (OPENAI_API_KEY).
 
 Each runs detached (it outlives `make vps`) and is tracked by PID in .vps/state.json.
 """
@@ -21,7 +23,7 @@ import boto3
 from tests.support.net import wait_for_port
 
 from . import host, pki
-from .layout import (DNS_PORT, HOST_ADDRESS, PEBBLE_MANAGEMENT_PORT, PEBBLE_PORT, S3_BUCKET, S3_CREDENTIALS,
+from .layout import (DNS_PORT, HOST_ADDRESS, LLM_PORT, PEBBLE_MANAGEMENT_PORT, PEBBLE_PORT, S3_BUCKET, S3_CREDENTIALS,
                      S3_PORT, SITE_CA, STATE_DIR, TELEGRAM_LOG, TELEGRAM_PORT, VPS_ADDRESS)
 
 ACME_DIRECTORY = f"https://{HOST_ADDRESS}:{PEBBLE_PORT}/dir"
@@ -68,10 +70,12 @@ def start_all(state: dict) -> None:
     _ensure(state, "telegram", [sys.executable, "-m", "tests.localvps.telegram",
                                 "--listen", f"{HOST_ADDRESS}:{TELEGRAM_PORT}", "--cert", str(cert),
                                 "--key", str(key), "--log", str(TELEGRAM_LOG)], TELEGRAM_PORT)
+    _ensure(state, "llm", [sys.executable, "-m", "tests.support.llm_server", "--listen", f"{HOST_ADDRESS}:{LLM_PORT}"],
+            LLM_PORT)
 
 
 def stop_all(state: dict) -> None:
-    for name in ("telegram", "s3", "pebble", "challtestsrv"):
+    for name in ("llm", "telegram", "s3", "pebble", "challtestsrv"):
         host.stop(state, name)
 
 
