@@ -8,6 +8,8 @@ import socket
 
 import pytest
 
+from .conftest import wait_for
+
 SERVICES = ["course-supporter", "postgresql", "nginx", "netdata", "nftables", "ssh"]
 
 
@@ -151,6 +153,12 @@ def test_app_environment_names_a_reachable_llm_provider(host):
 def test_reload_replaces_workers_without_restarting_the_service(host):
     before = host.check_output("systemctl show -p MainPID --value course-supporter")
     host.run_expect([0], "systemctl reload course-supporter")
-    assert host.run("curl -sf --retry 10 --retry-connrefused --retry-delay 1 http://127.0.0.1:8000/health").rc == 0
+    probes = []
+
+    def healthy() -> bool:
+        probes.append(host.run("curl -s -w ' %{http_code}' http://127.0.0.1:8000/health").stdout)
+        return probes[-1].endswith(" 200")
+
+    assert wait_for(healthy, 30, interval=0.5), probes
     assert host.check_output("systemctl show -p MainPID --value course-supporter") == before
     assert host.service("course-supporter").is_running

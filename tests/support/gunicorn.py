@@ -33,7 +33,8 @@ class Gunicorn(Service):
     def start(self) -> "Gunicorn":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", self.app, "--worker-class", "aiohttp.GunicornWebWorker",
-             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers), *self.extra_args],
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+             "--no-control-socket", *self.extra_args],
             cwd=REPO_ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"),
         )
         wait_for_port(self.port, proc=self.proc, timeout=60)
