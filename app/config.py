@@ -128,6 +128,9 @@ class Settings(DatabaseSettings):
     llm_timeout_s: float = 30.0
     llm_max_retries: int = 3
     max_upload_bytes: int = 1 << 30
+    s3_part_bytes: int = 8 << 20
+    s3_parts_in_flight: int = 2
+    download_url_ttl_s: int = 900
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     log_level: str = "INFO"
 
@@ -142,6 +145,10 @@ class Settings(DatabaseSettings):
             llm_timeout_s=_read(env, "LLM_TIMEOUT_S", _positive_float, 30.0),
             llm_max_retries=_read(env, "LLM_MAX_RETRIES", _int(0), 3),
             max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int(1), 1 << 30),
+            # S3 wants parts of at least 5 MiB (all but the last one).
+            s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20), 8 << 20),
+            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", _int(1), 2),
+            download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", _int(1), 900),
             cors_origins=_read(env, "CORS_ORIGINS", _origins, ()),
             log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
         )

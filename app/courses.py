@@ -60,6 +60,11 @@ async def list_courses(conn: asyncpg.Connection, tenant_id: uuid.UUID, limit: in
     return [{k: v for k, v in r.items() if k != "total"} for r in rows], total
 
 
+async def ensure_course(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> None:
+    if await conn.fetchval("SELECT 1 FROM courses WHERE id = $1 AND tenant_id = $2", course_id, tenant_id) is None:
+        raise CourseNotFound()
+
+
 async def get_course(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> dict[str, Any]:
     """The course with its structure, in one round trip."""
     row = await conn.fetchrow(

@@ -55,6 +55,10 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 

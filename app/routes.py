@@ -9,7 +9,7 @@ from aiohttp_apispec import setup_aiohttp_apispec
 
 from . import __version__
 from .errors import ValidationFailed
-from .handlers import courses, health
+from .handlers import courses, health, materials
 
 COURSE = "/api/v1/courses/{course_id}"
 
@@ -23,6 +23,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(COURSE, courses.delete_course)
     app.router.add_put(COURSE + "/structure", courses.put_structure)
     app.router.add_get(COURSE + "/lessons/{lesson_id}", courses.get_lesson)
+    app.router.add_post(COURSE + "/materials", materials.upload_material)
+    app.router.add_get(COURSE + "/materials", materials.list_materials)
+    app.router.add_get(COURSE + "/materials/{material_id}", materials.get_material)
+    app.router.add_delete(COURSE + "/materials/{material_id}", materials.delete_material)
 
 
 def _validation_error(error, request, schema, status=None, headers=None):

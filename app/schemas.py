@@ -120,3 +120,23 @@ class LessonSchema(Schema):
     title = fields.String(required=True)
     position = fields.Integer(required=True)
     content = fields.String(required=True)
+
+
+# --- materials ------------------------------------------------------------
+
+class MaterialSchema(Schema):
+    id = fields.UUID(required=True)
+    course_id = fields.UUID(required=True)
+    filename = fields.String(required=True)
+    content_type = fields.String(required=True)
+    size_bytes = fields.Integer(required=True)
+    sha256 = fields.String(required=True, metadata={"description": "hex SHA-256 of the stored bytes"})
+    created_at = fields.DateTime(required=True)
+
+
+class MaterialDetailSchema(MaterialSchema):
+    download_url = fields.String(required=True, metadata={"description": "pre-signed GET, short-lived"})
+
+
+class MaterialListSchema(Schema):
+    items = fields.List(fields.Nested(MaterialSchema), required=True)

@@ -1,21 +1,27 @@
 """S3-compatible object storage (boto3), kept off the event loop.
 
-boto3 is blocking, so every call runs in the default thread pool. The client
-is created once per worker (it is thread-safe) with short timeouts: a dead
-storage endpoint must give a fast error, never a hung request.
+boto3 is blocking, so every call runs in a thread: transfers in a pool of
+their own (a busy upload never delays a health check), the rest in the loop's
+default pool. The client is created once per worker (it is thread-safe) with
+short timeouts: a dead storage endpoint gives a fast 503, never a hung request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
 import boto3
+import botocore.exceptions
 from aiohttp import web
 from botocore.config import Config
 
 from .config import Settings
+from .errors import ServiceUnavailable
 from .keys import settings_key, storage_key
 
 log = logging.getLogger("app.storage")
@@ -23,10 +29,20 @@ log = logging.getLogger("app.storage")
 HEALTH_TIMEOUT_S = 3.0
 
 
+class StorageUnavailable(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__("The file storage is unavailable; try again shortly.", code="storage_unavailable")
+
+
+_STORAGE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+TRANSFER_THREADS = 16
+
+
 class Storage:
     def __init__(self, bucket: str, endpoint_url: str | None, *, connect_timeout: float = 3.0,
                  read_timeout: float = 30.0, max_attempts: int = 3) -> None:
         self.bucket = bucket
+        self._transfers = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="s3-transfer")
         self._client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -44,6 +60,49 @@ class Storage:
     async def _run(self, func, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(None, lambda: func(*args, **kwargs))
 
+    async def call(self, method: str, **params):
+        """One S3 API call in the transfer pool; any storage failure becomes a 503."""
+        func = functools.partial(getattr(self._client, method), Bucket=self.bucket, **params)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._transfers, func)
+        except _STORAGE_ERRORS as exc:
+            log.warning("storage %s failed: %s", method, exc)
+            raise StorageUnavailable() from exc
+
+    def upload(self, key: str, content_type: str, *, part_bytes: int, parts_in_flight: int) -> "ObjectUpload":
+        return ObjectUpload(self, key, content_type, part_bytes, parts_in_flight)
+
+    def download_url(self, key: str, filename: str, ttl_s: int) -> str:
+        """A pre-signed GET that saves under the original name (computed locally, no request)."""
+        disposition = f"attachment; filename*=UTF-8''{urllib.parse.quote(filename)}"
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key, "ResponseContentDisposition": disposition},
+            ExpiresIn=ttl_s)
+
+    async def delete(self, key: str) -> None:
+        await self.call("delete_object", Key=key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` and abort its unfinished multipart uploads."""
+        deleted = 0
+        token: dict = {}
+        while True:
+            page = await self.call("list_objects_v2", Prefix=prefix, **token)
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                await self.call("delete_objects", Delete={"Objects": keys, "Quiet": True})
+                deleted += len(keys)
+            if not page.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+        uploads = await self.call("list_multipart_uploads", Prefix=prefix)
+        for upload in uploads.get("Uploads", []):
+            await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+        return deleted
+
+    def close(self) -> None:
+        self._transfers.shutdown(wait=False, cancel_futures=True)
+
     async def is_healthy(self) -> bool:
         """A cheap HEAD of the bucket, bounded in time."""
         try:
@@ -58,3 +117,95 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app[settings_key]
     app[storage_key] = Storage(settings.s3_bucket, settings.s3_endpoint_url)
     yield
+    app[storage_key].close()
+
+
+class ObjectUpload:
+    """One object written as its bytes arrive, with bounded memory.
+
+    Until a whole part has arrived nothing is sent; a file smaller than one part
+    becomes a single ``put_object``. Larger files become an S3 multipart upload
+    whose parts upload in the transfer pool, at most ``parts_in_flight`` at a
+    time: ``write`` waits when they are all busy, so the request body is read
+    no faster than S3 takes it. Memory: about (parts_in_flight + 1) parts.
+    ``discard`` undoes everything (an aborted multipart upload, a deleted object).
+    """
+
+    def __init__(self, storage: Storage, key: str, content_type: str, part_bytes: int, parts_in_flight: int):
+        self.storage, self.key, self.content_type = storage, key, content_type
+        self.part_bytes = part_bytes
+        self.size = 0
+        self._buffer = bytearray()
+        self._slots = asyncio.Semaphore(parts_in_flight)
+        self._tasks: set[asyncio.Task] = set()
+        self._etags: dict[int, str] = {}
+        self._failure: BaseException | None = None
+        self._upload_id: str | None = None
+        self._parts_sent = 0
+        self._completed = False
+
+    async def write(self, chunk: bytes) -> None:
+        self._raise_failure()
+        self._buffer += chunk
+        self.size += len(chunk)
+        while len(self._buffer) >= self.part_bytes:
+            part = bytes(self._buffer[:self.part_bytes])
+            del self._buffer[:self.part_bytes]
+            await self._send(part)
+
+    async def complete(self) -> None:
+        if self._upload_id is None:
+            await self.storage.call("put_object", Key=self.key, Body=bytes(self._buffer),
+                                    ContentType=self.content_type)
+        else:
+            if self._buffer:
+                await self._send(bytes(self._buffer))
+            self._buffer = bytearray()
+            await self._drain()
+            self._raise_failure()
+            parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
+            await self.storage.call("complete_multipart_upload", Key=self.key, UploadId=self._upload_id,
+                                    MultipartUpload={"Parts": parts})
+        self._completed = True
+
+    async def discard(self) -> None:
+        """Leave nothing behind: wait for parts in flight, then abort or delete."""
+        self._buffer = bytearray()
+        await self._drain()
+        try:
+            if self._completed:
+                await self.storage.call("delete_object", Key=self.key)
+            elif self._upload_id is not None:
+                await self.storage.call("abort_multipart_upload", Key=self.key, UploadId=self._upload_id)
+        except StorageUnavailable:
+            log.error("could not clean up upload of %s; the orphan sweep will", self.key)
+
+    async def _send(self, part: bytes) -> None:
+        if self._upload_id is None:
+            created = await self.storage.call("create_multipart_upload", Key=self.key, ContentType=self.content_type)
+            self._upload_id = created["UploadId"]
+        await self._slots.acquire()  # back-pressure: no more than parts_in_flight parts at once
+        self._raise_failure()
+        self._parts_sent += 1
+        number = self._parts_sent
+        task = asyncio.ensure_future(self._upload_part(number, part))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _upload_part(self, number: int, part: bytes) -> None:
+        try:
+            result = await self.storage.call("upload_part", Key=self.key, UploadId=self._upload_id,
+                                             PartNumber=number, Body=part)
+            self._etags[number] = result["ETag"]
+        except BaseException as exc:
+            self._failure = self._failure or exc
+        finally:
+            self._slots.release()
+
+    async def _drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure

@@ -16,6 +16,7 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing, unknown, revoked or expired API key, or inactive tenant",
     403: "The key lacks the scope",
     404: "No such resource for this tenant",
+    413: "The file is larger than MAX_UPLOAD_BYTES",
     415: "Unsupported media type",
     422: "Validation failed; details list the fields",
     429: "Rate limit exceeded; see Retry-After",

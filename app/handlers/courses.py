@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp_apispec import docs, querystring_schema, request_schema, response_schema
 
-from .. import courses
+from .. import courses, materials
 from ..auth import caller
 from ..db import acquire
 from ..jsonutil import json_response
+from ..keys import storage_key
 from ..schemas import (CourseCreateSchema, CourseDetailSchema, CoursePageSchema, CourseSchema, CourseUpdateSchema,
                        LessonSchema, PageQuerySchema, StructureInputSchema, StructureSchema)
 from .common import api_endpoint, path_uuid
@@ -64,8 +65,12 @@ async def update_course(request: web.Request) -> web.Response:
 @docs(responses={"204": {"description": "Deleted"}})
 async def delete_course(request: web.Request) -> web.Response:
     course_id = _course_id(request)
+    tenant_id = caller(request).tenant_id
     async with acquire(request) as conn:
-        await courses.delete_course(conn, caller(request).tenant_id, course_id)
+        await courses.ensure_course(conn, tenant_id, course_id)
+        # Files first: if storage is down the course stays (503) rather than orphaning them.
+        await request.app[storage_key].delete_prefix(materials.course_prefix(tenant_id, course_id))
+        await courses.delete_course(conn, tenant_id, course_id)
     return web.Response(status=204)
 
 

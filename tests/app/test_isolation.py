@@ -15,7 +15,10 @@ async def foreign(client, factory):
                                         json={"modules": [{"title": "M", "lessons": [{"title": "L"}]}]},
                                         headers=owner)).json()
     lesson_id = structure["modules"][0]["lessons"][0]["id"]
-    return {"course": course["id"], "lesson": lesson_id, "owner": owner, "intruder": intruder}
+    material = await (await client.post(f"/api/v1/courses/{course['id']}/materials?filename=secret.txt",
+                                        data=b"secret", headers=owner)).json()
+    return {"course": course["id"], "lesson": lesson_id, "material": material["id"], "owner": owner,
+            "intruder": intruder}
 
 
 ENDPOINTS = [
@@ -24,6 +27,10 @@ ENDPOINTS = [
     ("DELETE", "/api/v1/courses/{course}", None),
     ("PUT", "/api/v1/courses/{course}/structure", {"modules": []}),
     ("GET", "/api/v1/courses/{course}/lessons/{lesson}", None),
+    ("POST", "/api/v1/courses/{course}/materials", {"not": "a file"}),
+    ("GET", "/api/v1/courses/{course}/materials", None),
+    ("GET", "/api/v1/courses/{course}/materials/{material}", None),
+    ("DELETE", "/api/v1/courses/{course}/materials/{material}", None),
 ]
 
 
@@ -37,6 +44,9 @@ async def test_other_tenants_resource_is_404(client, foreign, method, template, 
     course = await (await client.get(f"/api/v1/courses/{foreign['course']}", headers=foreign["owner"])).json()
     assert course["title"] == "Secret"
     assert course["structure"]["modules"][0]["lessons"][0]["id"] == foreign["lesson"]
+    material = await client.get(f"/api/v1/courses/{foreign['course']}/materials/{foreign['material']}",
+                                headers=foreign["owner"])
+    assert material.status == 200
 
 
 async def test_listing_shows_only_own_courses(client, foreign):
@@ -55,6 +65,7 @@ def test_every_api_route_is_covered(settings):
     app = asyncio.run(create_app(settings))
     routes = {(r.method, r.resource.canonical) for r in app.router.routes()
               if r.resource is not None and r.resource.canonical.startswith("/api/v1/") and r.method != "HEAD"}
-    covered = {(m, t.replace("{course}", "{course_id}").replace("{lesson}", "{lesson_id}")) for m, t, _ in ENDPOINTS}
+    covered = {(m, t.replace("{course}", "{course_id}").replace("{lesson}", "{lesson_id}")
+                .replace("{material}", "{material_id}")) for m, t, _ in ENDPOINTS}
     covered |= {("GET", "/api/v1/courses"), ("POST", "/api/v1/courses")}
     assert routes == covered

@@ -1,0 +1,123 @@
+"""Course materials: streamed uploads to S3, listing, pre-signed downloads, deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+
+from aiohttp import web
+from aiohttp_apispec import docs, response_schema
+
+from .. import courses, materials
+from ..auth import caller
+from ..db import acquire
+from ..errors import BadRequest, PayloadTooLarge
+from ..jsonutil import json_response
+from ..keys import settings_key, storage_key
+from ..schemas import MaterialDetailSchema, MaterialListSchema, MaterialSchema
+from ..uploads import declared_file_bytes, incoming_file
+from .common import api_endpoint, path_uuid
+
+log = logging.getLogger("app.materials")
+TAGS = ["materials"]
+_UPLOAD_DOC = {
+    "consumes": ["multipart/form-data", "application/octet-stream"],
+    "parameters": [
+        {"in": "formData", "name": "file", "type": "file", "description": "the file (multipart/form-data)"},
+        {"in": "query", "name": "filename", "type": "string",
+         "description": "the file's name, for a raw body sent with its own Content-Type"},
+    ],
+}
+
+
+def _ids(request: web.Request) -> tuple[uuid.UUID, uuid.UUID]:
+    return caller(request).tenant_id, path_uuid(request, "course_id", "Course")
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The file is larger than the {limit} bytes allowed.")
+
+
+@api_endpoint("prep", tags=TAGS, summary="Upload a material (streamed to storage)", errors=(400, 404, 413, 422),
+              description="`multipart/form-data` with a `file` part, or the raw file with its own Content-Type "
+                          "and `?filename=`. Streamed to storage as it arrives; nothing is kept unless the whole "
+                          "file arrived.")
+@docs(**_UPLOAD_DOC)
+@response_schema(MaterialSchema, 201, description="The stored material")
+async def upload_material(request: web.Request) -> web.Response:
+    tenant_id, course_id = _ids(request)
+    settings = request.app[settings_key]
+    limit = settings.max_upload_bytes
+    async with acquire(request) as conn:
+        await courses.ensure_course(conn, tenant_id, course_id)
+    declared = declared_file_bytes(request)
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+
+    incoming = await incoming_file(request)
+    material_id = uuid.uuid4()
+    key = materials.object_key(tenant_id, course_id, material_id)
+    upload = request.app[storage_key].upload(key, incoming.content_type, part_bytes=settings.s3_part_bytes,
+                                             parts_in_flight=settings.s3_parts_in_flight)
+    digest = hashlib.sha256()
+    try:
+        try:
+            async for chunk in incoming.chunks:
+                if upload.size + len(chunk) > limit:
+                    raise _too_large(limit)
+                digest.update(chunk)
+                await upload.write(chunk)
+        except (ConnectionError, asyncio.IncompleteReadError, web.HTTPException) as exc:
+            raise BadRequest("The upload was interrupted before the whole file arrived.",
+                             code="upload_incomplete") from exc
+        await upload.complete()
+        async with acquire(request) as conn:
+            material = await materials.insert_material(
+                conn, material_id=material_id, tenant_id=tenant_id, course_id=course_id,
+                filename=incoming.filename, content_type=incoming.content_type, size_bytes=upload.size,
+                sha256=digest.hexdigest(), key=key)
+    except BaseException:
+        # Client gone, too large, storage or database failure, shutdown: leave nothing behind.
+        log.info("upload of %s abandoned after %d bytes; cleaning up", key, upload.size)
+        await asyncio.shield(upload.discard())
+        raise
+    log.info("stored %s (%d bytes)", key, upload.size)
+    return json_response(material, status=201)
+
+
+@api_endpoint("prep", "check", tags=TAGS, summary="List a course's materials", errors=(404,))
+@response_schema(MaterialListSchema, 200)
+async def list_materials(request: web.Request) -> web.Response:
+    tenant_id, course_id = _ids(request)
+    async with acquire(request) as conn:
+        await courses.ensure_course(conn, tenant_id, course_id)
+        items = await materials.list_materials(conn, tenant_id, course_id)
+    return json_response({"items": items})
+
+
+@api_endpoint("prep", "check", tags=TAGS, summary="Get a material with a download URL", errors=(404,),
+              description="`download_url` is a pre-signed GET that expires after `DOWNLOAD_URL_TTL_S` seconds.")
+@response_schema(MaterialDetailSchema, 200)
+async def get_material(request: web.Request) -> web.Response:
+    tenant_id, course_id = _ids(request)
+    material_id = path_uuid(request, "material_id", "Material")
+    async with acquire(request) as conn:
+        material = await materials.get_material(conn, tenant_id, course_id, material_id)
+    key = material.pop("object_key")
+    material["download_url"] = request.app[storage_key].download_url(
+        key, material["filename"], request.app[settings_key].download_url_ttl_s)
+    return json_response(material)
+
+
+@api_endpoint("prep", tags=TAGS, summary="Delete a material and its file", errors=(404,))
+@docs(responses={"204": {"description": "Deleted"}})
+async def delete_material(request: web.Request) -> web.Response:
+    tenant_id, course_id = _ids(request)
+    material_id = path_uuid(request, "material_id", "Material")
+    async with acquire(request) as conn:
+        material = await materials.get_material(conn, tenant_id, course_id, material_id)
+        await request.app[storage_key].delete(material["object_key"])  # storage down: 503, the row stays
+        await materials.delete_material(conn, tenant_id, course_id, material_id)
+    return web.Response(status=204)

@@ -1,0 +1,82 @@
+"""Course materials: the data layer, object keys and file names.
+
+A material's object key comes from its tenant, course and id, never from the
+client's file name, which is only cleaned up for display and downloads.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from typing import Any
+
+import asyncpg
+
+from .courses import CourseNotFound
+from .errors import NotFound
+
+
+class MaterialNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("Material not found.")
+
+
+_COLUMNS = "id, course_id, filename, content_type, size_bytes, sha256, created_at"
+MAX_FILENAME_CHARS = 255
+
+
+def course_prefix(tenant_id: uuid.UUID, course_id: uuid.UUID) -> str:
+    return f"tenants/{tenant_id}/courses/{course_id}/"
+
+
+def object_key(tenant_id: uuid.UUID, course_id: uuid.UUID, material_id: uuid.UUID) -> str:
+    return f"{course_prefix(tenant_id, course_id)}materials/{material_id}"
+
+
+def clean_filename(name: str | None) -> str:
+    """The last path component, without control or format characters, at most 255 characters."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in unicodedata.normalize("NFC", name)
+                   if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"))
+    name = name.strip().lstrip(".").strip()
+    return name[:MAX_FILENAME_CHARS] or "upload"
+
+
+async def insert_material(conn: asyncpg.Connection, *, material_id: uuid.UUID, tenant_id: uuid.UUID,
+                          course_id: uuid.UUID, filename: str, content_type: str, size_bytes: int, sha256: str,
+                          key: str) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"""INSERT INTO materials (id, tenant_id, course_id, filename, content_type, size_bytes, sha256, object_key)
+            SELECT $1, $2, $3, $4, $5, $6, $7, $8
+            WHERE EXISTS (SELECT 1 FROM courses WHERE id = $3 AND tenant_id = $2)
+            RETURNING {_COLUMNS}""",
+        material_id, tenant_id, course_id, filename, content_type, size_bytes, sha256, key)
+    if row is None:  # the course was deleted while its file was uploading
+        raise CourseNotFound()
+    return dict(row)
+
+
+async def list_materials(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> list[dict]:
+    rows = await conn.fetch(
+        f"SELECT {_COLUMNS} FROM materials WHERE course_id = $1 AND tenant_id = $2 ORDER BY created_at, id",
+        course_id, tenant_id)
+    return [dict(r) for r in rows]
+
+
+async def get_material(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID,
+                       material_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS}, object_key FROM materials WHERE id = $1 AND course_id = $2 AND tenant_id = $3",
+        material_id, course_id, tenant_id)
+    if row is None:
+        raise MaterialNotFound()
+    return dict(row)
+
+
+async def delete_material(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID,
+                          material_id: uuid.UUID) -> None:
+    deleted = await conn.fetchval(
+        "DELETE FROM materials WHERE id = $1 AND course_id = $2 AND tenant_id = $3 RETURNING id",
+        material_id, course_id, tenant_id)
+    if deleted is None:
+        raise MaterialNotFound()

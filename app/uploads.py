@@ -1,0 +1,63 @@
+"""An upload's file as it arrives: a raw body (``?filename=``) or the ``file``
+part of ``multipart/form-data``, read in chunks, never whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from aiohttp import BodyPartReader, hdrs, web
+
+from .errors import ValidationFailed
+from .materials import clean_filename
+
+CHUNK_BYTES = 256 * 1024
+# Boundaries and part headers around the file in a multipart body.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass
+class IncomingFile:
+    filename: str
+    content_type: str
+    chunks: AsyncIterator[bytes]
+
+
+def declared_file_bytes(request: web.Request) -> int | None:
+    """The most the file can be, judging by Content-Length (None: chunked, unknown)."""
+    if request.content_length is None:
+        return None
+    if request.content_type == "multipart/form-data":
+        return max(0, request.content_length - MULTIPART_OVERHEAD_BYTES)
+    return request.content_length
+
+
+async def incoming_file(request: web.Request) -> IncomingFile:
+    if request.content_type == "multipart/form-data":
+        return await _multipart_file(request)
+    filename = request.query.get("filename", "")
+    if not filename.strip():
+        raise ValidationFailed("Name the file with ?filename= (or send multipart/form-data).",
+                               details={"filename": ["Missing data for required field."]})
+    content_type = request.headers.get(hdrs.CONTENT_TYPE) or DEFAULT_CONTENT_TYPE
+    return IncomingFile(clean_filename(filename), content_type, request.content.iter_chunked(CHUNK_BYTES))
+
+
+async def _multipart_file(request: web.Request) -> IncomingFile:
+    reader = await request.multipart()
+    while True:
+        part = await reader.next()
+        if part is None:
+            raise ValidationFailed("The form has no file part named 'file'.",
+                                   details={"file": ["Missing data for required field."]})
+        if isinstance(part, BodyPartReader) and part.name == "file":
+            break
+        await part.release()  # another field: skip it
+    content_type = part.headers.get(hdrs.CONTENT_TYPE) or DEFAULT_CONTENT_TYPE
+    return IncomingFile(clean_filename(part.filename), content_type, _part_chunks(part))
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK_BYTES):
+        yield chunk

@@ -1,0 +1,223 @@
+"""Material uploads streamed to a real S3 server (moto, over HTTP), and what stays behind on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+
+import aiohttp
+import pytest
+
+from app.main import create_app
+from app.materials import clean_filename
+
+MiB = 1 << 20
+
+
+def _objects(s3, bucket: str, prefix: str = "tenants/") -> list[str]:
+    return [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+def _multipart_uploads(s3, bucket: str) -> list[dict]:
+    return s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+async def _course(client, auth) -> str:
+    response = await client.post("/api/v1/courses", json={"title": "Materials"}, headers=auth)
+    return (await response.json())["id"]
+
+
+@pytest.fixture
+async def small_client(aiohttp_client, settings):
+    """The app with a 6 MiB upload limit and 5 MiB parts (S3's smallest)."""
+    return await aiohttp_client(await create_app(dataclasses.replace(
+        settings, max_upload_bytes=6 * MiB, s3_part_bytes=5 * MiB)))
+
+
+async def test_raw_upload_round_trip_with_download_url(client, auth, s3, bucket):
+    course_id = await _course(client, auth)
+    data = b"lecture notes\n" * 1000
+    response = await client.post(f"/api/v1/courses/{course_id}/materials?filename=notes.txt", data=data,
+                                 headers={**auth, "Content-Type": "text/plain"})
+    assert response.status == 201, await response.text()
+    material = await response.json()
+    assert material["filename"] == "notes.txt" and material["content_type"] == "text/plain"
+    assert material["size_bytes"] == len(data) and material["sha256"] == hashlib.sha256(data).hexdigest()
+
+    listed = await (await client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
+    assert [m["id"] for m in listed["items"]] == [material["id"]]
+    detail = await (await client.get(f"/api/v1/courses/{course_id}/materials/{material['id']}", headers=auth)).json()
+    async with aiohttp.ClientSession() as session, session.get(detail["download_url"]) as download:
+        assert download.status == 200
+        assert await download.read() == data
+        assert "notes.txt" in download.headers.get("Content-Disposition", "")
+
+
+async def test_multipart_upload_of_several_parts(small_client, auth, s3, bucket):
+    course_id = await _course(small_client, auth)
+    data = os.urandom(5 * MiB + 123_456)  # two S3 parts
+    form = aiohttp.FormData()
+    form.add_field("title", "ignored")
+    form.add_field("file", data, filename="lecture.mp4", content_type="video/mp4")
+    response = await small_client.post(f"/api/v1/courses/{course_id}/materials", data=form, headers=auth)
+    assert response.status == 201, await response.text()
+    material = await response.json()
+    assert (material["filename"], material["content_type"], material["size_bytes"]) == \
+        ("lecture.mp4", "video/mp4", len(data))
+    assert material["sha256"] == hashlib.sha256(data).hexdigest()
+    key = next(k for k in _objects(s3, bucket) if k.endswith(material["id"]))
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert not _multipart_uploads(s3, bucket)
+
+
+async def test_chunked_upload_without_content_length(small_client, auth):
+    course_id = await _course(small_client, auth)
+    chunks = [os.urandom(MiB) for _ in range(5)] + [b"tail"]
+
+    async def body():
+        for chunk in chunks:
+            yield chunk
+
+    response = await small_client.post(f"/api/v1/courses/{course_id}/materials?filename=deck.pdf", data=body(),
+                                       headers={**auth, "Content-Type": "application/pdf"})
+    assert response.status == 201, await response.text()
+    material = await response.json()
+    assert material["size_bytes"] == sum(map(len, chunks))
+    assert material["sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+async def test_declared_length_over_the_limit_is_413_at_once(small_client, auth, s3, bucket):
+    course_id = await _course(small_client, auth)
+    response = await small_client.post(f"/api/v1/courses/{course_id}/materials?filename=big.bin",
+                                       data=os.urandom(7 * MiB), headers=auth)
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "payload_too_large"
+    listed = await (await small_client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
+    assert listed["items"] == []
+    assert not [k for k in _objects(s3, bucket) if course_id in k]
+
+
+async def test_streamed_count_over_the_limit_is_413_and_aborts_the_multipart_upload(small_client, auth, s3,
+                                                                                     bucket):
+    course_id = await _course(small_client, auth)
+
+    async def body():
+        for _ in range(8):
+            yield os.urandom(MiB)
+
+    response = await small_client.post(f"/api/v1/courses/{course_id}/materials?filename=big.bin", data=body(),
+                                       headers=auth)
+    assert response.status == 413
+    assert not [u for u in _multipart_uploads(s3, bucket) if course_id in u["Key"]]
+    assert not [k for k in _objects(s3, bucket) if course_id in k]
+    listed = await (await small_client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
+    assert listed["items"] == []
+
+
+async def test_client_disconnect_mid_body_leaves_nothing(small_client, auth, s3, bucket):
+    course_id = await _course(small_client, auth)
+    path = f"/api/v1/courses/{course_id}/materials?filename=cut.bin"
+    head = (f"POST {path} HTTP/1.1\r\nHost: test\r\nX-API-Key: {auth['X-API-Key']}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {6 * MiB - 1}\r\n\r\n").encode()
+    # The server shares this event loop: talk to it with asyncio streams, never a blocking socket.
+    reader, writer = await asyncio.open_connection(small_client.server.host, small_client.server.port)
+    writer.write(head + os.urandom(5 * MiB + 1000))  # one whole part reaches S3, then the client vanishes
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.transport.abort()
+
+    def leftovers():
+        return ([u for u in _multipart_uploads(s3, bucket) if course_id in u["Key"]],
+                [k for k in _objects(s3, bucket) if course_id in k])
+
+    for _ in range(100):
+        if leftovers() == ([], []):
+            break
+        await asyncio.sleep(0.1)
+    assert leftovers() == ([], [])
+    listed = await (await small_client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
+    assert listed["items"] == []
+
+
+async def test_concurrent_uploads(small_client, auth):
+    course_id = await _course(small_client, auth)
+    files = [os.urandom(MiB * 2 + i) for i in range(4)]
+    responses = await asyncio.gather(*(
+        small_client.post(f"/api/v1/courses/{course_id}/materials?filename=f{i}.bin", data=data, headers=auth)
+        for i, data in enumerate(files)))
+    assert [r.status for r in responses] == [201] * 4
+    digests = sorted([(await r.json())["sha256"] for r in responses])
+    assert digests == sorted(hashlib.sha256(d).hexdigest() for d in files)
+
+
+async def test_delete_material_removes_object_and_row(client, auth, s3, bucket):
+    course_id = await _course(client, auth)
+    material = await (await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.txt", data=b"a",
+                                        headers=auth)).json()
+    url = f"/api/v1/courses/{course_id}/materials/{material['id']}"
+    assert (await client.delete(url, headers=auth)).status == 204
+    assert (await client.get(url, headers=auth)).status == 404
+    assert not [k for k in _objects(s3, bucket) if material["id"] in k]
+
+
+async def test_deleting_a_course_removes_its_files(client, auth, s3, bucket):
+    course_id = await _course(client, auth)
+    for name in ("a.txt", "b.txt"):
+        response = await client.post(f"/api/v1/courses/{course_id}/materials?filename={name}", data=b"x",
+                                     headers=auth)
+        assert response.status == 201
+    assert len([k for k in _objects(s3, bucket) if course_id in k]) == 2
+    assert (await client.delete(f"/api/v1/courses/{course_id}", headers=auth)).status == 204
+    assert not [k for k in _objects(s3, bucket) if course_id in k]
+
+
+async def test_other_tenants_materials_are_404(client, auth, factory):
+    course_id = await _course(client, auth)
+    material = await (await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.txt", data=b"a",
+                                        headers=auth)).json()
+    _, other = await factory.tenant_with_key()
+    base = f"/api/v1/courses/{course_id}/materials"
+    for method, url in (("GET", base), ("GET", f"{base}/{material['id']}"), ("DELETE", f"{base}/{material['id']}"),
+                        ("POST", f"{base}?filename=x.txt")):
+        response = await client.request(method, url, headers=other, data=b"x" if method == "POST" else None)
+        assert response.status == 404, (method, url)
+    assert (await client.get(f"{base}/{material['id']}", headers=auth)).status == 200
+
+
+async def test_raw_upload_needs_a_filename_and_form_needs_a_file(client, auth):
+    course_id = await _course(client, auth)
+    response = await client.post(f"/api/v1/courses/{course_id}/materials", data=b"x", headers=auth)
+    assert response.status == 422
+    assert "filename" in (await response.json())["error"]["details"]
+    form = aiohttp.FormData()
+    form.add_field("note", "no file here")
+    form.add_field("other", b"bytes", filename="x.bin")
+    response = await client.post(f"/api/v1/courses/{course_id}/materials", data=form, headers=auth)
+    assert response.status == 422
+    assert "file" in (await response.json())["error"]["details"]
+
+
+async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, bucket):
+    course_id = await _course(client, auth)
+    response = await client.post(f"/api/v1/courses/{course_id}/materials", params={"filename": "../../etc/passwd"},
+                                 data=b"x", headers=auth)
+    material = await response.json()
+    assert material["filename"] == "passwd"
+    key = next(k for k in _objects(s3, bucket) if material["id"] in k)
+    assert key.endswith(f"/materials/{material['id']}") and "passwd" not in key
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("../../etc/passwd", "passwd"),
+    ("C:\\Users\\me\\slides.pdf", "slides.pdf"),
+    ("a\x00b\nc\u202e.txt", "abc.txt"),
+    ("..hidden", "hidden"),
+    ("", "upload"),
+    ("   ", "upload"),
+    ("x" * 300 + ".pdf", "x" * 255),
+    ("Лекция 1.mp4", "Лекция 1.mp4"),
+])
+def test_clean_filename(raw, clean):
+    assert clean_filename(raw) == clean
