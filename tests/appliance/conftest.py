@@ -58,19 +58,20 @@ class Curl:
     def __init__(self, vps: dict) -> None:
         self.vps = vps
 
-    def __call__(self, path: str, *args: str, scheme: str = "https") -> tuple[int, dict[str, str], str]:
+    def __call__(self, path: str, *args: str, scheme: str = "https",
+                 max_time: int = 30) -> tuple[int, dict[str, str], str]:
         port = 443 if scheme == "https" else 80
         out = subprocess.run(
-            ["curl", "-sS", "--max-time", "30", "--resolve", f"{self.vps['domain']}:{port}:{self.vps['address']}",
+            ["curl", "-sS", "--max-time", str(max_time), "--resolve", f"{self.vps['domain']}:{port}:{self.vps['address']}",
              "--cacert", self.vps["ca_cert"], "-D", "-", *args, f"{scheme}://{self.vps['domain']}{path}"],
-            capture_output=True, text=True, timeout=60, check=True).stdout
+            capture_output=True, text=True, timeout=max_time + 30, check=True).stdout
         head, _, body = out.partition("\n\n")  # text mode has turned CRLF into LF
         status_line, *header_lines = head.splitlines()
         headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
         return int(status_line.split()[1]), headers, body
 
-    def json(self, path: str, *args: str) -> tuple[int, object]:
-        status, _, body = self(path, *args)
+    def json(self, path: str, *args: str, **options) -> tuple[int, object]:
+        status, _, body = self(path, *args, **options)
         return status, json.loads(body)
 
 

@@ -64,3 +64,24 @@ def test_netdata_with_credentials(curl, vps):
 def test_swagger_ui_is_served(curl):
     status, _, body = curl("/docs")
     assert status == 200 and "swagger" in body.lower()
+
+
+def test_200_mib_upload_streams_through_nginx(curl, vps, tmp_path):
+    """A big file over real HTTPS (nginx does not buffer it) arrives whole, checksum and all."""
+    import hashlib
+
+    path, digest, size = tmp_path / "lecture.bin", hashlib.sha256(), 200 * (1 << 20)
+    with open(path, "wb") as out:
+        for _ in range(size // (1 << 20)):
+            block = os.urandom(1 << 20)
+            digest.update(block)
+            out.write(block)
+    key = ["-H", f"X-API-Key: {vps['api_key']}"]
+    _, course = curl.json("/api/v1/courses", *key, "-H", "Content-Type: application/json",
+                          "--data", '{"title": "Big upload"}')
+    status, material = curl.json(f"/api/v1/courses/{course['id']}/materials", *key, "-F", f"file=@{path}",
+                                 max_time=600)
+    assert status == 201, material
+    assert (material["size_bytes"], material["sha256"]) == (size, digest.hexdigest())
+    status, _, _ = curl(f"/api/v1/courses/{course['id']}", *key, "-X", "DELETE")
+    assert status == 204
