@@ -131,6 +131,8 @@ class Settings(DatabaseSettings):
     s3_part_bytes: int = 8 << 20
     s3_parts_in_flight: int = 2
     download_url_ttl_s: int = 900
+    upload_orphan_age_s: int = 3600
+    upload_sweep_interval_s: int = 600
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     log_level: str = "INFO"
 
@@ -149,6 +151,8 @@ class Settings(DatabaseSettings):
             s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20), 8 << 20),
             s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", _int(1), 2),
             download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", _int(1), 900),
+            upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", _int(0), 3600),
+            upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", _int(1), 600),
             cors_origins=_read(env, "CORS_ORIGINS", _origins, ()),
             log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
         )

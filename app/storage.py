@@ -9,6 +9,7 @@ short timeouts: a dead storage endpoint gives a fast 503, never a hung request.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import logging
 import urllib.parse
@@ -100,6 +101,21 @@ class Storage:
             await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         return deleted
 
+    async def abort_stale_uploads(self, prefix: str, older_than_s: float) -> int:
+        """Abort multipart uploads under ``prefix`` begun more than ``older_than_s`` ago:
+        what a worker killed mid-upload left behind."""
+        cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_s)
+        aborted, markers = 0, {}
+        while True:
+            page = await self.call("list_multipart_uploads", Prefix=prefix, **markers)
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] <= cutoff:
+                    await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+            if not page.get("IsTruncated"):
+                return aborted
+            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
     def close(self) -> None:
         self._transfers.shutdown(wait=False, cancel_futures=True)
 
@@ -116,8 +132,29 @@ class Storage:
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app[settings_key]
     app[storage_key] = Storage(settings.s3_bucket, settings.s3_endpoint_url)
+    sweeper = asyncio.create_task(_sweep_orphans(app[storage_key], settings))
     yield
+    sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
     app[storage_key].close()
+
+
+UPLOADS_PREFIX = "tenants/"
+
+
+async def _sweep_orphans(storage: Storage, settings: Settings) -> None:
+    """At start-up and then periodically, abort the multipart uploads of dead workers.
+    Every worker sweeps; aborting twice is harmless."""
+    while True:
+        try:
+            aborted = await storage.abort_stale_uploads(UPLOADS_PREFIX, settings.upload_orphan_age_s)
+            if aborted:
+                log.warning("aborted %d orphaned multipart upload(s)", aborted)
+        except StorageUnavailable:
+            pass  # already logged; the next sweep tries again
+        except Exception:
+            log.exception("orphan upload sweep failed")
+        await asyncio.sleep(settings.upload_sweep_interval_s)
 
 
 class ObjectUpload:

@@ -221,3 +221,62 @@ async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, 
 ])
 def test_clean_filename(raw, clean):
     assert clean_filename(raw) == clean
+
+
+async def test_startup_sweep_aborts_orphaned_multipart_uploads(aiohttp_client, settings, s3, bucket):
+    """A worker killed mid-upload leaves a multipart upload; the next sweep aborts it (and only ours)."""
+    client = s3.client()
+    orphan = client.create_multipart_upload(Bucket=bucket, Key="tenants/t/courses/c/materials/orphan")
+    other = client.create_multipart_upload(Bucket=bucket, Key="backups/not-ours")
+    try:
+        await aiohttp_client(await create_app(dataclasses.replace(settings, upload_orphan_age_s=0)))
+        for _ in range(100):
+            if not [u for u in _multipart_uploads(s3, bucket) if u["UploadId"] == orphan["UploadId"]]:
+                break
+            await asyncio.sleep(0.1)
+        remaining = {u["UploadId"] for u in _multipart_uploads(s3, bucket)}
+        assert orphan["UploadId"] not in remaining
+        assert other["UploadId"] in remaining
+    finally:
+        client.abort_multipart_upload(Bucket=bucket, Key="backups/not-ours", UploadId=other["UploadId"])
+
+
+@pytest.fixture
+async def own_s3_client(aiohttp_client, settings):
+    """The app against an S3 server of its own, which the test may stop."""
+    from tests.support.s3 import S3Server
+
+    with S3Server() as server:
+        bucket = server.create_bucket("own")
+        app = await create_app(dataclasses.replace(settings, s3_endpoint_url=server.endpoint_url, s3_bucket=bucket,
+                                                   max_upload_bytes=64 * MiB, s3_part_bytes=5 * MiB))
+        yield await aiohttp_client(app), server
+
+
+async def test_storage_down_upload_is_503_and_nothing_is_kept(own_s3_client, auth):
+    client, server = own_s3_client
+    course_id = await _course(client, auth)
+    server.stop()
+    response = await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.txt", data=b"abc",
+                                 headers=auth)
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "storage_unavailable"
+    listed = await (await client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
+    assert listed["items"] == []
+
+
+async def test_storage_dying_mid_upload_is_503_and_nothing_is_kept(own_s3_client, auth):
+    client, server = own_s3_client
+    course_id = await _course(client, auth)
+
+    async def body():
+        for i in range(12):
+            if i == 6:  # one part is in S3 by now
+                server.stop()
+            yield os.urandom(MiB)
+
+    response = await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.bin", data=body(),
+                                 headers=auth)
+    assert response.status == 503
+    listed = await (await client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
+    assert listed["items"] == []
