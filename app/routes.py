@@ -9,7 +9,7 @@ from aiohttp_apispec import setup_aiohttp_apispec
 
 from . import __version__
 from .errors import ValidationFailed
-from .handlers import courses, health, materials
+from .handlers import courses, health, materials, slides
 
 COURSE = "/api/v1/courses/{course_id}"
 
@@ -27,6 +27,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(COURSE + "/materials", materials.list_materials)
     app.router.add_get(COURSE + "/materials/{material_id}", materials.get_material)
     app.router.add_delete(COURSE + "/materials/{material_id}", materials.delete_material)
+    app.router.add_post(COURSE + "/slide-mapping", slides.put_mapping)
+    app.router.add_get(COURSE + "/slide-mapping", slides.get_mapping)
 
 
 def _validation_error(error, request, schema, status=None, headers=None):

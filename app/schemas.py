@@ -140,3 +140,48 @@ class MaterialDetailSchema(MaterialSchema):
 
 class MaterialListSchema(Schema):
     items = fields.List(fields.Nested(MaterialSchema), required=True)
+
+
+# --- slide mapping --------------------------------------------------------
+
+class SlideMappingItemSchema(StrictSchema):
+    slide_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    lesson_id = fields.UUID(allow_none=True, load_default=None)
+    start_s = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0))
+    end_s = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0))
+
+    @validates_schema
+    def _end_after_start(self, data, **kwargs):
+        start, end = data.get("start_s"), data.get("end_s")
+        if start is not None and end is not None and end < start:
+            raise ValidationError("Must be greater than or equal to start_s.", field_name="end_s")
+
+
+class SlideMappingInputSchema(StrictSchema):
+    material_id = fields.UUID(allow_none=True, load_default=None)
+    items = fields.List(fields.Nested(SlideMappingItemSchema), required=True, validate=validate.Length(max=10_000))
+
+    @validates_schema
+    def _unique_slides(self, data, **kwargs):
+        seen: set[int] = set()
+        errors = {}
+        for index, item in enumerate(data.get("items", [])):
+            if item["slide_number"] in seen:
+                errors[index] = {"slide_number": [f"Slide {item['slide_number']} is mapped twice."]}
+            seen.add(item["slide_number"])
+        if errors:
+            raise ValidationError({"items": errors})
+
+
+class SlideMappingItemOutSchema(Schema):
+    slide_number = fields.Integer(required=True)
+    lesson_id = fields.UUID(allow_none=True, required=True)
+    start_s = fields.Float(allow_none=True, required=True)
+    end_s = fields.Float(allow_none=True, required=True)
+
+
+class SlideMappingSchema(Schema):
+    course_id = fields.UUID(required=True)
+    material_id = fields.UUID(allow_none=True, required=True)
+    items = fields.List(fields.Nested(SlideMappingItemOutSchema), required=True)
+    updated_at = fields.DateTime(required=True)

@@ -31,6 +31,8 @@ ENDPOINTS = [
     ("GET", "/api/v1/courses/{course}/materials", None),
     ("GET", "/api/v1/courses/{course}/materials/{material}", None),
     ("DELETE", "/api/v1/courses/{course}/materials/{material}", None),
+    ("POST", "/api/v1/courses/{course}/slide-mapping", {"items": [{"slide_number": 1}]}),
+    ("GET", "/api/v1/courses/{course}/slide-mapping", None),
 ]
 
 

@@ -1,0 +1,72 @@
+"""Slide mappings: stored and replaced whole, validated item by item and against the course."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+async def course(client, auth):
+    created = await (await client.post("/api/v1/courses", json={"title": "Slides"}, headers=auth)).json()
+    structure = await (await client.put(f"/api/v1/courses/{created['id']}/structure", headers=auth, json={
+        "modules": [{"title": "M", "lessons": [{"title": "L1"}, {"title": "L2"}]}]})).json()
+    lessons = [lesson["id"] for lesson in structure["modules"][0]["lessons"]]
+    material = await (await client.post(f"/api/v1/courses/{created['id']}/materials?filename=deck.pdf",
+                                        data=b"%PDF", headers=auth)).json()
+    return {"id": created["id"], "lessons": lessons, "material": material["id"]}
+
+
+async def test_mapping_is_stored_sorted_and_replaced(client, auth, course):
+    url = f"/api/v1/courses/{course['id']}/slide-mapping"
+    assert (await client.get(url, headers=auth)).status == 404
+    body = {"material_id": course["material"], "items": [
+        {"slide_number": 2, "lesson_id": course["lessons"][1], "start_s": 60, "end_s": 120.5},
+        {"slide_number": 1, "lesson_id": course["lessons"][0], "start_s": 0, "end_s": 60},
+        {"slide_number": 3, "lesson_id": None}]}
+    response = await client.post(url, json=body, headers=auth)
+    assert response.status == 201, await response.text()
+    mapping = await response.json()
+    assert mapping["course_id"] == course["id"] and mapping["material_id"] == course["material"]
+    assert [i["slide_number"] for i in mapping["items"]] == [1, 2, 3]
+    assert mapping["items"][1] == {"slide_number": 2, "lesson_id": course["lessons"][1], "start_s": 60,
+                                   "end_s": 120.5}
+    assert mapping["items"][2] == {"slide_number": 3, "lesson_id": None, "start_s": None, "end_s": None}
+    assert await (await client.get(url, headers=auth)).json() == mapping
+
+    replaced = await (await client.post(url, json={"items": [{"slide_number": 1}]}, headers=auth)).json()
+    assert replaced["material_id"] is None and len(replaced["items"]) == 1
+
+
+@pytest.mark.parametrize("items, where", [
+    ([{"slide_number": 0}], ("items", "0", "slide_number")),
+    ([{"slide_number": "one"}], ("items", "0", "slide_number")),
+    ([{"slide_number": 1}, {"slide_number": 1}], ("items", "1", "slide_number")),
+    ([{"slide_number": 1, "start_s": 30, "end_s": 10}], ("items", "0", "end_s")),
+    ([{"slide_number": 1, "start_s": -1}], ("items", "0", "start_s")),
+    ([{"slide_number": 1, "colour": "red"}], ("items", "0", "colour")),
+])
+async def test_bad_items_are_422_with_field_details(client, auth, course, items, where):
+    response = await client.post(f"/api/v1/courses/{course['id']}/slide-mapping", json={"items": items},
+                                 headers=auth)
+    assert response.status == 422
+    details = (await response.json())["error"]["details"]
+    for key in where:
+        details = details[key]
+    assert details
+
+
+async def test_lessons_and_material_must_belong_to_the_course(client, auth, course):
+    other = await (await client.post("/api/v1/courses", json={"title": "Other"}, headers=auth)).json()
+    structure = await (await client.put(f"/api/v1/courses/{other['id']}/structure", headers=auth, json={
+        "modules": [{"title": "M", "lessons": [{"title": "Elsewhere"}]}]})).json()
+    foreign_lesson = structure["modules"][0]["lessons"][0]["id"]
+    foreign_material = (await (await client.post(f"/api/v1/courses/{other['id']}/materials?filename=x.pdf",
+                                                 data=b"x", headers=auth)).json())["id"]
+    response = await client.post(f"/api/v1/courses/{course['id']}/slide-mapping", headers=auth, json={
+        "material_id": foreign_material,
+        "items": [{"slide_number": 1, "lesson_id": course["lessons"][0]},
+                  {"slide_number": 2, "lesson_id": foreign_lesson}]})
+    assert response.status == 422
+    details = (await response.json())["error"]["details"]
+    assert details["material_id"] and details["items"]["1"]["lesson_id"] and "0" not in details["items"]
+    assert (await client.get(f"/api/v1/courses/{course['id']}/slide-mapping", headers=auth)).status == 404
