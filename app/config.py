@@ -128,8 +128,8 @@ class Settings(DatabaseSettings):
     llm_timeout_s: float = 30.0
     llm_max_retries: int = 3
     max_upload_bytes: int = 1 << 30
-    s3_part_bytes: int = 8 << 20
-    s3_parts_in_flight: int = 2
+    s3_part_bytes: int = 5 << 20
+    s3_parts_in_flight: int = 6
     download_url_ttl_s: int = 900
     upload_orphan_age_s: int = 3600
     upload_sweep_interval_s: int = 600
@@ -148,8 +148,8 @@ class Settings(DatabaseSettings):
             llm_max_retries=_read(env, "LLM_MAX_RETRIES", _int(0), 3),
             max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int(1), 1 << 30),
             # S3 wants parts of at least 5 MiB (all but the last one).
-            s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20), 8 << 20),
-            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", _int(1), 2),
+            s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20), 5 << 20),
+            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", _int(1), 6),
             download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", _int(1), 900),
             upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", _int(0), 3600),
             upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", _int(1), 600),

@@ -172,7 +172,8 @@ class ObjectUpload:
         self.storage, self.key, self.content_type = storage, key, content_type
         self.part_bytes = part_bytes
         self.size = 0
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._slots = asyncio.Semaphore(parts_in_flight)
         self._tasks: set[asyncio.Task] = set()
         self._etags: dict[int, str] = {}
@@ -183,21 +184,27 @@ class ObjectUpload:
 
     async def write(self, chunk: bytes) -> None:
         self._raise_failure()
-        self._buffer += chunk
         self.size += len(chunk)
-        while len(self._buffer) >= self.part_bytes:
-            part = bytes(self._buffer[:self.part_bytes])
-            del self._buffer[:self.part_bytes]
-            await self._send(part)
+        while chunk:
+            room = self.part_bytes - self._buffered
+            piece, chunk = chunk[:room], chunk[room:]
+            self._chunks.append(piece)
+            self._buffered += len(piece)
+            if self._buffered == self.part_bytes:
+                await self._send(self._take())
+
+    def _take(self) -> bytes:
+        """The buffered bytes as one part (a single copy)."""
+        part = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        return part
 
     async def complete(self) -> None:
         if self._upload_id is None:
-            await self.storage.call("put_object", Key=self.key, Body=bytes(self._buffer),
-                                    ContentType=self.content_type)
+            await self.storage.call("put_object", Key=self.key, Body=self._take(), ContentType=self.content_type)
         else:
-            if self._buffer:
-                await self._send(bytes(self._buffer))
-            self._buffer = bytearray()
+            if self._buffered:
+                await self._send(self._take())
             await self._drain()
             self._raise_failure()
             parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
@@ -207,7 +214,7 @@ class ObjectUpload:
 
     async def discard(self) -> None:
         """Leave nothing behind: wait for parts in flight, then abort or delete."""
-        self._buffer = bytearray()
+        self._chunks, self._buffered = [], 0
         await self._drain()
         try:
             if self._completed:

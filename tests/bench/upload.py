@@ -1,0 +1,124 @@
+"""Upload benchmark: a 1 GiB file streamed through the app (1 gunicorn worker) to S3.
+
+Samples the worker's RSS while the upload runs and compares the wall time with
+a direct boto3 ``upload_file`` of the same file to the same S3 server in the
+same run. Targets: peak RSS growth <= 64 MiB, throughput ratio >= 0.8.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import asyncpg
+
+from app import courses, tenants
+from app.migrate import apply_migrations
+from tests.support.gunicorn import Gunicorn
+from tests.support.pg import PostgresCluster
+from tests.support.s3 import S3Server, app_environment
+
+SIZE = 1 << 30
+MAX_RSS_GROWTH_MIB = 64
+TARGET_RATIO = 0.8
+EXTRA_ENV = dict(item.split("=", 1) for item in os.environ.get("BENCH_APP_ENV", "").split() if item)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.baseline = _rss_kib(pid)
+        self.peak = self.baseline
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, _rss_kib(self.pid))
+            time.sleep(self.interval)
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return (self.peak - self.baseline) / 1024
+
+
+def _make_file(directory: str) -> tuple[Path, str]:
+    path, digest = Path(directory) / "upload.bin", hashlib.sha256()
+    with open(path, "wb") as out:
+        for _ in range(SIZE // (8 << 20)):
+            block = os.urandom(8 << 20)
+            digest.update(block)
+            out.write(block)
+    return path, digest.hexdigest()
+
+
+async def _seed(database_url: str) -> tuple[str, str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        tenant = await tenants.create_tenant(conn, "Upload bench")
+        key = await tenants.issue_key(conn, tenant["id"], scopes=tenants.SCOPES, label="bench", env="test",
+                                      rate_limit_prep=1000, rate_limit_check=1000, expires_at=None)
+        course = await courses.create_course(conn, tenant["id"], "Uploads", "")
+        return key["key"], str(course["id"])
+    finally:
+        await conn.close()
+
+
+def run() -> dict:
+    with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmp, PostgresCluster() as pg, S3Server() as s3:
+        path, sha = _make_file(tmp)
+        database_url = pg.create_database("bench_upload")
+        apply_migrations(database_url)
+        key, course_id = asyncio.run(_seed(database_url))
+        bucket = s3.create_bucket("bench-upload")
+
+        started = time.monotonic()
+        s3.client().upload_file(str(path), bucket, "direct/upload.bin")
+        direct_s = time.monotonic() - started
+        s3.client().delete_object(Bucket=bucket, Key="direct/upload.bin")
+
+        env = app_environment(database_url, s3, bucket, LOG_LEVEL="WARNING", **EXTRA_ENV)
+        with Gunicorn(env, workers=1) as server:
+            sampler = RssSampler(server.worker_pids()[0])
+            sampler.start()
+            started = time.monotonic()
+            out = subprocess.run(
+                ["curl", "-sS", "--fail-with-body", "-X", "POST", "-T", str(path),
+                 "-H", f"X-API-Key: {key}", "-H", "Content-Type: application/octet-stream",
+                 f"{server.url}/api/v1/courses/{course_id}/materials?filename=upload.bin"],
+                capture_output=True, text=True, timeout=900, check=True).stdout
+            app_s = time.monotonic() - started
+            growth_mib = sampler.stop()
+        material = json.loads(out)
+        if (material["size_bytes"], material["sha256"]) != (SIZE, sha):
+            raise RuntimeError(f"the stored file differs: {material}")
+    return {"direct_s": direct_s, "app_s": app_s, "ratio": direct_s / app_s, "rss_growth_mib": growth_mib}
+
+
+def report(result: dict) -> bool:
+    mib = SIZE / (1 << 20)
+    print(f"\nupload bench: 1 GiB through the app (1 gunicorn worker) vs boto3 upload_file, same S3 server")
+    print(f"{'direct boto3 upload_file':40} {result['direct_s']:>8.1f} s {mib / result['direct_s']:>8.0f} MiB/s")
+    print(f"{'POST …/materials (streamed)':40} {result['app_s']:>8.1f} s {mib / result['app_s']:>8.0f} MiB/s")
+    rss_ok = result["rss_growth_mib"] <= MAX_RSS_GROWTH_MIB
+    ratio_ok = result["ratio"] >= TARGET_RATIO
+    print(f"worker peak RSS growth = {result['rss_growth_mib']:.1f} MiB "
+          f"(target <= {MAX_RSS_GROWTH_MIB}: {'met' if rss_ok else 'NOT met'})")
+    print(f"throughput ratio app/direct = {result['ratio']:.2f} "
+          f"(target >= {TARGET_RATIO}: {'met' if ratio_ok else 'NOT met'})")
+    return rss_ok and ratio_ok
