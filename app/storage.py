@@ -44,6 +44,7 @@ class Storage:
                  read_timeout: float = 30.0, max_attempts: int = 3) -> None:
         self.bucket = bucket
         self._transfers = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="s3-transfer")
+        self.active: set[ObjectUpload] = set()  # unfinished uploads, discarded at shutdown
         self._client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -71,7 +72,15 @@ class Storage:
             raise StorageUnavailable() from exc
 
     def upload(self, key: str, content_type: str, *, part_bytes: int, parts_in_flight: int) -> "ObjectUpload":
-        return ObjectUpload(self, key, content_type, part_bytes, parts_in_flight)
+        upload = ObjectUpload(self, key, content_type, part_bytes, parts_in_flight)
+        self.active.add(upload)
+        return upload
+
+    async def discard_active(self) -> None:
+        """At shutdown: undo every upload whose request did not finish."""
+        if self.active:
+            log.warning("shutting down with %d unfinished upload(s); discarding them", len(self.active))
+            await asyncio.gather(*(u.discard() for u in list(self.active)), return_exceptions=True)
 
     def download_url(self, key: str, filename: str, ttl_s: int) -> str:
         """A pre-signed GET that saves under the original name (computed locally, no request)."""
@@ -136,6 +145,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     sweeper.cancel()
     await asyncio.gather(sweeper, return_exceptions=True)
+    await app[storage_key].discard_active()
     app[storage_key].close()
 
 
@@ -181,6 +191,7 @@ class ObjectUpload:
         self._upload_id: str | None = None
         self._parts_sent = 0
         self._completed = False
+        self._discarding: asyncio.Future | None = None
 
     async def write(self, chunk: bytes) -> None:
         self._raise_failure()
@@ -212,8 +223,18 @@ class ObjectUpload:
                                     MultipartUpload={"Parts": parts})
         self._completed = True
 
-    async def discard(self) -> None:
-        """Leave nothing behind: wait for parts in flight, then abort or delete."""
+    def finished(self) -> None:
+        """The object is complete and recorded: nothing to undo any more."""
+        self.storage.active.discard(self)
+
+    def discard(self) -> asyncio.Future:
+        """Leave nothing behind: wait for parts in flight, then abort or delete.
+        Idempotent: the request's own clean-up and the shutdown's share one run."""
+        if self._discarding is None:
+            self._discarding = asyncio.ensure_future(self._discard())
+        return self._discarding
+
+    async def _discard(self) -> None:
         self._chunks, self._buffered = [], 0
         await self._drain()
         try:
@@ -223,6 +244,8 @@ class ObjectUpload:
                 await self.storage.call("abort_multipart_upload", Key=self.key, UploadId=self._upload_id)
         except StorageUnavailable:
             log.error("could not clean up upload of %s; the orphan sweep will", self.key)
+        finally:
+            self.storage.active.discard(self)
 
     async def _send(self, part: bytes) -> None:
         if self._upload_id is None:

@@ -83,6 +83,7 @@ async def upload_material(request: web.Request) -> web.Response:
         log.info("upload of %s abandoned after %d bytes; cleaning up", key, upload.size)
         await asyncio.shield(upload.discard())
         raise
+    upload.finished()
     log.info("stored %s (%d bytes)", key, upload.size)
     return json_response(material, status=201)
 
