@@ -14,15 +14,14 @@ import shutil
 import subprocess
 import sys
 
-import asyncpg
 
-from app import courses, tenants
 from app.migrate import apply_migrations
 from tests.support.gunicorn import Gunicorn
 from tests.support.pg import PostgresCluster
 from tests.support.s3 import S3Server, app_environment
 
 from . import upload
+from .seed import seed
 
 WORKERS = 2
 DURATION_S = 10
@@ -43,21 +42,6 @@ def wrk(url: str, headers: dict[str, str], duration: int = DURATION_S) -> dict[s
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
     return {"rps": rps, "p99_ms": float(p99.group(1)) * scale}
-
-
-async def seed(database_url: str) -> tuple[str, str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        tenant = await tenants.create_tenant(conn, "Bench")
-        key = await tenants.issue_key(conn, tenant["id"], scopes=tenants.SCOPES, label="bench", env="test",
-                                      rate_limit_prep=2_000_000_000, rate_limit_check=2_000_000_000, expires_at=None)
-        course = await courses.create_course(conn, tenant["id"], "Benchmarking 101", "A course to read")
-        modules = [{"title": f"Module {m}", "lessons": [{"title": f"Lesson {m}.{n}", "content": "text " * 50}
-                                                         for n in range(1, 5)]} for m in range(1, 4)]
-        await courses.replace_structure(conn, tenant["id"], course["id"], modules)
-        return key["key"], str(course["id"])
-    finally:
-        await conn.close()
 
 
 def measure(env: dict, app: str, path: str, headers: dict[str, str], *, ready_path: str) -> dict[str, float]:

@@ -17,13 +17,12 @@ import threading
 import time
 from pathlib import Path
 
-import asyncpg
-
-from app import courses, tenants
 from app.migrate import apply_migrations
 from tests.support.gunicorn import Gunicorn
 from tests.support.pg import PostgresCluster
 from tests.support.s3 import S3Server, app_environment
+
+from .seed import seed
 
 SIZE = 1 << 30
 MAX_RSS_GROWTH_MIB = 64
@@ -67,24 +66,12 @@ def _make_file(directory: str) -> tuple[Path, str]:
     return path, digest.hexdigest()
 
 
-async def _seed(database_url: str) -> tuple[str, str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        tenant = await tenants.create_tenant(conn, "Upload bench")
-        key = await tenants.issue_key(conn, tenant["id"], scopes=tenants.SCOPES, label="bench", env="test",
-                                      rate_limit_prep=1000, rate_limit_check=1000, expires_at=None)
-        course = await courses.create_course(conn, tenant["id"], "Uploads", "")
-        return key["key"], str(course["id"])
-    finally:
-        await conn.close()
-
-
 def run() -> dict:
     with tempfile.TemporaryDirectory(prefix="cs-bench-") as tmp, PostgresCluster() as pg, S3Server() as s3:
         path, sha = _make_file(tmp)
         database_url = pg.create_database("bench_upload")
         apply_migrations(database_url)
-        key, course_id = asyncio.run(_seed(database_url))
+        key, course_id = asyncio.run(seed(database_url))
         bucket = s3.create_bucket("bench-upload")
 
         started = time.monotonic()
