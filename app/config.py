@@ -133,6 +133,7 @@ class Settings(DatabaseSettings):
     download_url_ttl_s: int = 900
     upload_orphan_age_s: int = 3600
     upload_sweep_interval_s: int = 600
+    upload_shutdown_grace_s: int = 20
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     log_level: str = "INFO"
 
@@ -153,6 +154,8 @@ class Settings(DatabaseSettings):
             download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", _int(1), 900),
             upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", _int(0), 3600),
             upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", _int(1), 600),
+            # Less than gunicorn's graceful_timeout (30 s), which ends in SIGKILL.
+            upload_shutdown_grace_s=_read(env, "UPLOAD_SHUTDOWN_GRACE_S", _int(0), 20),
             cors_origins=_read(env, "CORS_ORIGINS", _origins, ()),
             log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
         )

@@ -12,7 +12,7 @@ from .keys import settings_key
 from .log import setup_logging
 from .middlewares import add_response_headers, cors_middleware, request_context_middleware, validation_middleware
 from .routes import setup_openapi, setup_routes
-from .storage import storage_ctx
+from .storage import stop_uploads_on_shutdown, storage_ctx
 
 # JSON bodies are small; file uploads stream and are limited by MAX_UPLOAD_BYTES instead.
 CLIENT_MAX_SIZE = 8 * 1024 * 1024
@@ -29,6 +29,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app[settings_key] = settings
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(storage_ctx)
+    app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)
     setup_routes(app)
     setup_openapi(app)

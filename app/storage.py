@@ -73,14 +73,25 @@ class Storage:
 
     def upload(self, key: str, content_type: str, *, part_bytes: int, parts_in_flight: int) -> "ObjectUpload":
         upload = ObjectUpload(self, key, content_type, part_bytes, parts_in_flight)
+        upload.request_task = asyncio.current_task()
         self.active.add(upload)
         return upload
 
-    async def discard_active(self) -> None:
-        """At shutdown: undo every upload whose request did not finish."""
-        if self.active:
-            log.warning("shutting down with %d unfinished upload(s); discarding them", len(self.active))
-            await asyncio.gather(*(u.discard() for u in list(self.active)), return_exceptions=True)
+    async def finish_or_discard_active(self, grace_s: float) -> None:
+        """At shutdown: let uploads in progress finish for ``grace_s`` seconds, then
+        stop the rest and undo them while the worker is still alive to do it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.active and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        unfinished = list(self.active)
+        if not unfinished:
+            return
+        log.warning("shutting down with %d unfinished upload(s); discarding them", len(unfinished))
+        for upload in unfinished:
+            if upload.request_task is not None and not upload.request_task.done():
+                upload.request_task.cancel()
+        await asyncio.gather(*(u.discard() for u in unfinished), return_exceptions=True)
 
     def download_url(self, key: str, filename: str, ttl_s: int) -> str:
         """A pre-signed GET that saves under the original name (computed locally, no request)."""
@@ -145,8 +156,13 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     sweeper.cancel()
     await asyncio.gather(sweeper, return_exceptions=True)
-    await app[storage_key].discard_active()
+    await app[storage_key].finish_or_discard_active(0)
     app[storage_key].close()
+
+
+async def stop_uploads_on_shutdown(app: web.Application) -> None:
+    """on_shutdown: runs before aiohttp waits for (and then cancels) requests."""
+    await app[storage_key].finish_or_discard_active(app[settings_key].upload_shutdown_grace_s)
 
 
 UPLOADS_PREFIX = "tenants/"
@@ -192,6 +208,7 @@ class ObjectUpload:
         self._parts_sent = 0
         self._completed = False
         self._discarding: asyncio.Future | None = None
+        self.request_task: asyncio.Task | None = None
 
     async def write(self, chunk: bytes) -> None:
         self._raise_failure()
