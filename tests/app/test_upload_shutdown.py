@@ -15,15 +15,18 @@ pytestmark = pytest.mark.gunicorn
 MiB = 1 << 20
 
 
+async def _course(session: aiohttp.ClientSession, server: Gunicorn, headers: dict, title: str) -> str:
+    async with session.post(server.url + "/api/v1/courses", json={"title": title}, headers=headers) as resp:
+        return (await resp.json())["id"]
+
+
 async def test_shutdown_mid_upload_aborts_it(app_env, factory, db, s3, bucket):
     _, headers = await factory.tenant_with_key()
     # Uploads get 2 s to finish once shutdown starts; gunicorn's SIGKILL comes at 8 s.
     env = {**app_env, "S3_PART_BYTES": str(5 * MiB), "UPLOAD_SHUTDOWN_GRACE_S": "2"}
     with Gunicorn(env, workers=1, extra_args=("--graceful-timeout", "8")) as server:
         async with aiohttp.ClientSession() as session:
-            async with session.post(server.url + "/api/v1/courses", json={"title": "Shutdown"},
-                                    headers=headers) as resp:
-                course_id = (await resp.json())["id"]
+            course_id = await _course(session, server, headers, "Shutdown")
             sent = asyncio.Event()
 
             async def body():
@@ -62,9 +65,7 @@ async def test_upload_that_finishes_within_the_grace_period_is_kept(app_env, fac
     env = {**app_env, "S3_PART_BYTES": str(5 * MiB), "UPLOAD_SHUTDOWN_GRACE_S": "5"}
     with Gunicorn(env, workers=1, extra_args=("--graceful-timeout", "10")) as server:
         async with aiohttp.ClientSession() as session:
-            async with session.post(server.url + "/api/v1/courses", json={"title": "Grace"},
-                                    headers=headers) as resp:
-                course_id = (await resp.json())["id"]
+            course_id = await _course(session, server, headers, "Grace")
             halfway, stopping = asyncio.Event(), asyncio.Event()
 
             async def body():
