@@ -73,7 +73,6 @@ class Storage:
 
     def upload(self, key: str, content_type: str, *, part_bytes: int, parts_in_flight: int) -> "ObjectUpload":
         upload = ObjectUpload(self, key, content_type, part_bytes, parts_in_flight)
-        upload.request_task = asyncio.current_task()
         self.active.add(upload)
         return upload
 
@@ -116,8 +115,7 @@ class Storage:
             if not page.get("IsTruncated"):
                 break
             token = {"ContinuationToken": page["NextContinuationToken"]}
-        uploads = await self.call("list_multipart_uploads", Prefix=prefix)
-        for upload in uploads.get("Uploads", []):
+        for upload in [u async for u in self._multipart_uploads(prefix)]:
             await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         return deleted
 
@@ -125,15 +123,20 @@ class Storage:
         """Abort multipart uploads under ``prefix`` begun more than ``older_than_s`` ago:
         what a worker killed mid-upload left behind."""
         cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_s)
-        aborted, markers = 0, {}
+        stale = [u async for u in self._multipart_uploads(prefix) if u["Initiated"] <= cutoff]
+        for upload in stale:
+            await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
+        return len(stale)
+
+    async def _multipart_uploads(self, prefix: str) -> AsyncIterator[dict]:
+        """Every unfinished multipart upload under ``prefix``, page by page."""
+        markers: dict = {}
         while True:
             page = await self.call("list_multipart_uploads", Prefix=prefix, **markers)
             for upload in page.get("Uploads", []):
-                if upload["Initiated"] <= cutoff:
-                    await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
-                    aborted += 1
+                yield upload
             if not page.get("IsTruncated"):
-                return aborted
+                return
             markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
     def close(self) -> None:
@@ -208,7 +211,8 @@ class ObjectUpload:
         self._parts_sent = 0
         self._completed = False
         self._discarding: asyncio.Future | None = None
-        self.request_task: asyncio.Task | None = None
+        # The request streaming into this upload: a shutdown stops it when its grace ends.
+        self.request_task = asyncio.current_task()
 
     async def write(self, chunk: bytes) -> None:
         self._raise_failure()
