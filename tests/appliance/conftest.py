@@ -15,6 +15,7 @@ import time
 import pytest
 import testinfra
 
+from tests.localvps import machine
 from tests.localvps.layout import ROOT, SSH_CONFIG, VPS_JSON
 
 LOCALVPS = [sys.executable, "-m", "tests.localvps"]
@@ -31,8 +32,7 @@ def pytest_collection_modifyitems(items):
 def _vps_running() -> bool:
     if not VPS_JSON.exists():
         return False
-    return subprocess.run(["ssh", "-F", str(SSH_CONFIG), "local-vps", "true"], capture_output=True,
-                          timeout=30).returncode == 0
+    return machine.ssh("true", check=False, timeout=30).returncode == 0
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-from tests.localvps.layout import ROOT
+from tests.localvps.playbook import SITE, ansible_playbook
 
 
 def test_second_run_reports_no_change(vps):
-    exe = str(Path(sys.executable).parent / "ansible-playbook")
-    result = subprocess.run([exe, "-i", "inventory/local", "playbooks/site.yml"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900, env={"PATH": f"{Path(exe).parent}:/usr/bin:/bin",
-                                                        "ANSIBLE_FORCE_COLOR": "0", "HOME": "/root"})
+    # The same environment `make vps` ran with (inventory/local reads OPENAI_* from it).
+    result = ansible_playbook(*SITE, capture=True, timeout=900)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr
     recap = re.search(r"^local-vps\s+:\s+(.*)$", result.stdout, re.M).group(1)
     counts = dict((k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", recap))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.localvps.layout import ROOT
+from tests.localvps.playbook import ansible_playbook
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "ANSIBLE_FORCE_COLOR": "0", "NO_COLOR": "1"}
@@ -22,7 +23,6 @@ def test_ansible_lint_production_profile():
 
 def test_playbooks_pass_the_syntax_check():
     for inventory in ("inventory/local", "inventory/production.example"):
-        result = subprocess.run([str(BIN / "ansible-playbook"), "-i", inventory, "--syntax-check",
-                                 "playbooks/site.yml"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                                timeout=120)
+        result = ansible_playbook("-i", inventory, "--syntax-check", "playbooks/site.yml", capture=True,
+                                  timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -99,7 +99,7 @@ def run() -> dict:
 
 def report(result: dict) -> bool:
     mib = SIZE / (1 << 20)
-    print(f"\nupload bench: 1 GiB through the app (1 gunicorn worker) vs boto3 upload_file, same S3 server")
+    print("\nupload bench: 1 GiB through the app (1 gunicorn worker) vs boto3 upload_file, same S3 server")
     print(f"{'direct boto3 upload_file':40} {result['direct_s']:>8.1f} s {mib / result['direct_s']:>8.0f} MiB/s")
     print(f"{'POST …/materials (streamed)':40} {result['app_s']:>8.1f} s {mib / result['app_s']:>8.0f} MiB/s")
     rss_ok = result["rss_growth_mib"] <= MAX_RSS_GROWTH_MIB

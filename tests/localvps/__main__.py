@@ -7,23 +7,13 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 from . import host, machine, servers
-from .layout import (DEMO_KEY_FILE, DOMAIN, NAME, ROOT, SITE_CA, STATE_DIR, TELEGRAM_LOG, VPS_ADDRESS,
+from .layout import (DEMO_KEY_FILE, DOMAIN, NAME, SITE_CA, STATE_DIR, TELEGRAM_LOG, VPS_ADDRESS,
                      VPS_JSON)
-
-PLAYBOOK = ["-i", "inventory/local", "playbooks/site.yml"]
-
-
-def ansible_playbook(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    """Run ansible-playbook from the checkout (its ansible.cfg) with the venv's ansible."""
-    exe = str(Path(sys.executable).parent / "ansible-playbook")
-    env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0" if capture else os.environ.get("ANSIBLE_FORCE_COLOR", "1")}
-    return subprocess.run([exe, *args], cwd=ROOT, env=env, text=True, capture_output=capture)
+from .playbook import SITE, ansible_playbook
 
 
 def demo_key() -> dict:
@@ -77,8 +67,8 @@ def boot() -> dict:
 def up() -> int:
     started = time.monotonic()
     boot()
-    host.log("provisioning: ansible-playbook " + " ".join(PLAYBOOK))
-    if ansible_playbook(*PLAYBOOK).returncode != 0:
+    host.log("provisioning: ansible-playbook " + " ".join(SITE))
+    if ansible_playbook(*SITE).returncode != 0:
         host.log("the playbook failed (see above); the VPS stays up: fix and run `make vps` again")
         return 1
     servers.record_site_ca()

@@ -17,10 +17,9 @@ ROOTFS = MACHINE_DIR / "rootfs"
 
 
 def ssh_command() -> list[str]:
-    """A complete ssh command line: root on the VPS, no prompt, its host key pinned."""
-    return ["ssh", "-i", str(SSH_KEY), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "ConnectTimeout=5", f"root@{VPS_ADDRESS}"]
+    """A complete ssh command line: root on the VPS, no prompt, its host key pinned
+    (the options live in .vps/ssh_config, which testinfra uses too)."""
+    return ["ssh", "-F", str(SSH_CONFIG), "local-vps"]
 
 
 def ssh(command: str, *, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
