@@ -15,8 +15,12 @@ from typing import Any, Callable, Sequence
 
 import asyncpg
 
+from cryptography.fernet import Fernet
+
 from . import tenants
-from .config import ConfigError, DatabaseSettings
+from .config import ConfigError, DatabaseSettings, encryption_keys_from_env
+from .llm import byok
+from .llm.byok import EncryptionUnavailable, KeyBox
 from .jsonutil import dumps
 from .migrate import apply_migrations
 
@@ -124,6 +128,25 @@ def cmd_key_revoke(args, settings):
     return asyncio.run(_with_connection(settings, lambda c: tenants.revoke_key(c, args.key_id)))
 
 
+def cmd_encryption_new_key(args, settings):
+    return {"key": Fernet.generate_key().decode()}
+
+
+def cmd_encryption_rotate(args, settings):
+    box = KeyBox(encryption_keys_from_env())
+
+    async def rotate(conn):
+        try:
+            return {"rotated": await byok.rotate_all(conn, box)}
+        except EncryptionUnavailable as exc:
+            raise CommandError(exc.message) from None
+
+    return asyncio.run(_with_connection(settings, rotate))
+
+
+NEEDS_NO_DATABASE = (cmd_encryption_new_key,)
+
+
 # --- output --------------------------------------------------------------------
 
 def _text(value: Any) -> str:
@@ -143,7 +166,9 @@ def render_text(result: Any) -> str:
     for row in rows:
         if "key" in row:
             lines.append(f"key: {row['key']}\n(store it now: it is never shown again)")
-        lines.append("  ".join(f"{k}={_text(v)}" for k, v in row.items() if k != "key"))
+        fields = "  ".join(f"{k}={_text(v)}" for k, v in row.items() if k != "key")
+        if fields:
+            lines.append(fields)
     return "\n".join(lines) if lines else "(none)"
 
 
@@ -189,13 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key.add_parser("revoke", parents=[json_flag], help="revoke a key")
     revoke.add_argument("key_id", type=_uuid)
     revoke.set_defaults(func=cmd_key_revoke)
+
+    encryption = commands.add_parser("encryption", parents=[json_flag],
+                                     help="APP_ENCRYPTION_KEY: tenants' provider keys at rest") \
+        .add_subparsers(dest="action", required=True, metavar="ACTION")
+    encryption.add_parser("new-key", parents=[json_flag], help="print a new key for APP_ENCRYPTION_KEY") \
+        .set_defaults(func=cmd_encryption_new_key)
+    encryption.add_parser("rotate", parents=[json_flag],
+                          help="re-encrypt every stored provider key with the first APP_ENCRYPTION_KEY") \
+        .set_defaults(func=cmd_encryption_rotate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # exits 2 on a usage error
     try:
-        settings = DatabaseSettings.from_env()
+        settings = None if args.func in NEEDS_NO_DATABASE else DatabaseSettings.from_env()
         result = args.func(args, settings)
     except (ConfigError, CommandError) as exc:
         print(f"error: {exc}" if isinstance(exc, CommandError) else str(exc), file=sys.stderr)

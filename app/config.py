@@ -7,10 +7,13 @@ the variable; the entry points turn it into one clear line and exit 1.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
 
 
 class ConfigError(Exception):
@@ -84,6 +87,40 @@ def _text(value: str) -> str:
     return value
 
 
+def _encryption_keys(value: str) -> tuple[str, ...]:
+    """One Fernet key, or several comma-separated during a rotation (the first encrypts)."""
+    keys = tuple(k.strip() for k in value.split(",") if k.strip())
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ValueError(f"key {position} is not a Fernet key (32 url-safe base64-encoded bytes; "
+                             "make one with `python -m app.admin encryption new-key`)") from None
+    return keys
+
+
+def _price_file(value: str) -> dict[str, tuple[float, float]]:
+    """LLM_PRICES: {"<model>": {"input_per_1m": USD, "output_per_1m": USD}}."""
+    try:
+        with open(value, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ValueError(f"is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("must hold a JSON object of models")
+    prices = {}
+    for model, entry in data.items():
+        try:
+            prices[model] = (float(entry["input_per_1m"]), float(entry["output_per_1m"]))
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"entry {model!r} needs numeric input_per_1m and output_per_1m") from None
+        if min(prices[model]) < 0:
+            raise ValueError(f"entry {model!r} has a negative price")
+    return prices
+
+
 def _read(env: Mapping[str, str], name: str, parse: Callable, default=None, required=False):
     raw = env.get(name, "")
     if raw.strip() == "":
@@ -94,6 +131,11 @@ def _read(env: Mapping[str, str], name: str, parse: Callable, default=None, requ
         return parse(raw.strip())
     except ValueError as exc:
         raise ConfigError(name, str(exc)) from None
+
+
+def encryption_keys_from_env(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """APP_ENCRYPTION_KEY on its own (the admin CLI's key rotation needs nothing else)."""
+    return _read(os.environ if env is None else env, "APP_ENCRYPTION_KEY", _encryption_keys, required=True)
 
 
 @dataclass(frozen=True)
@@ -118,15 +160,33 @@ def _database_fields(env: Mapping[str, str]) -> dict:
     }
 
 
+def _fallback_fields(env: Mapping[str, str]) -> dict:
+    base_url = _read(env, "LLM_FALLBACK_BASE_URL", _http_url, None)
+    api_key = _read(env, "LLM_FALLBACK_API_KEY", _text, None)
+    if base_url and not api_key:
+        raise ConfigError("LLM_FALLBACK_API_KEY", "is required when LLM_FALLBACK_BASE_URL is set")
+    if api_key and not base_url:
+        raise ConfigError("LLM_FALLBACK_BASE_URL", "is required when LLM_FALLBACK_API_KEY is set")
+    return {"llm_fallback_base_url": base_url, "llm_fallback_api_key": api_key,
+            "llm_fallback_model": _read(env, "LLM_FALLBACK_MODEL", _text, None)}
+
+
 @dataclass(frozen=True)
 class Settings(DatabaseSettings):
     """Everything the web app reads from its environment."""
 
     s3_bucket: str = ""
     s3_endpoint_url: str | None = None
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str = "https://api.openai.com/v1"
     llm_model: str = "gpt-4o-mini"
     llm_timeout_s: float = 30.0
     llm_max_retries: int = 3
+    llm_fallback_base_url: str | None = None
+    llm_fallback_api_key: str | None = field(default=None, repr=False)
+    llm_fallback_model: str | None = None
+    llm_prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    app_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     max_upload_bytes: int = 1 << 30
     s3_part_bytes: int = 5 << 20
     s3_parts_in_flight: int = 6
@@ -144,9 +204,14 @@ class Settings(DatabaseSettings):
             **_database_fields(env),
             s3_bucket=_read(env, "S3_BUCKET", _text, required=True),
             s3_endpoint_url=_read(env, "S3_ENDPOINT_URL", _http_url, None),
+            openai_api_key=_read(env, "OPENAI_API_KEY", _text, None),
+            openai_base_url=_read(env, "OPENAI_BASE_URL", _http_url, "https://api.openai.com/v1"),
             llm_model=_read(env, "LLM_MODEL", _text, "gpt-4o-mini"),
             llm_timeout_s=_read(env, "LLM_TIMEOUT_S", _positive_float, 30.0),
             llm_max_retries=_read(env, "LLM_MAX_RETRIES", _int(0), 3),
+            **_fallback_fields(env),
+            llm_prices=_read(env, "LLM_PRICES", _price_file, {}),
+            app_encryption_keys=_read(env, "APP_ENCRYPTION_KEY", _encryption_keys, ()),
             max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int(1), 1 << 30),
             # S3 wants parts of at least 5 MiB (all but the last one).
             s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20), 5 << 20),

@@ -108,13 +108,13 @@ async def replace_structure(conn: asyncpg.Connection, tenant_id: uuid.UUID, cour
             """INSERT INTO modules (id, course_id, title, position)
                SELECT id, $1, title, position FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS m(id, title, position)""",
             course_id, module_ids, [m["title"] for m in modules])
-        lesson_rows = [(module_id, position, lesson["title"], lesson.get("content", ""))
+        lesson_rows = [(module_id, position, lesson["title"], lesson.get("content", ""), lesson.get("pass_score"))
                        for module_id, module in zip(module_ids, modules)
                        for position, lesson in enumerate(module.get("lessons", []), start=1)]
         if lesson_rows:
             await conn.execute(
-                """INSERT INTO lessons (course_id, module_id, position, title, content)
-                   SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[])""",
+                """INSERT INTO lessons (course_id, module_id, position, title, content, pass_score)
+                   SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::smallint[])""",
                 course_id, *map(list, zip(*lesson_rows)))
         await conn.execute("UPDATE courses SET updated_at = now() WHERE id = $1", course_id)
         return await conn.fetchval(f"SELECT {_STRUCTURE_SQL} FROM courses c WHERE c.id = $1", course_id)
@@ -123,7 +123,7 @@ async def replace_structure(conn: asyncpg.Connection, tenant_id: uuid.UUID, cour
 async def get_lesson(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID,
                      lesson_id: uuid.UUID) -> dict[str, Any]:
     row = await conn.fetchrow(
-        """SELECT l.id, l.course_id, l.module_id, l.title, l.position, l.content
+        """SELECT l.id, l.course_id, l.module_id, l.title, l.position, l.content, l.pass_score
            FROM lessons l JOIN courses c ON c.id = l.course_id
            WHERE l.id = $1 AND l.course_id = $2 AND c.tenant_id = $3""",
         lesson_id, course_id, tenant_id)

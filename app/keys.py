@@ -10,11 +10,13 @@ if TYPE_CHECKING:
     import asyncpg
 
     from .config import Settings
+    from .llm.gateway import Gateway
     from .storage import Storage
 
 settings_key: web.AppKey["Settings"] = web.AppKey("settings")
 db_pool_key: web.AppKey["asyncpg.Pool"] = web.AppKey("db_pool")
 storage_key: web.AppKey["Storage"] = web.AppKey("storage")
+llm_key: web.AppKey["Gateway"] = web.AppKey("llm")
 
 # What a request carries between the middlewares.
 request_id_key: web.RequestKey[str] = web.RequestKey("request_id", str)

@@ -69,5 +69,7 @@ def setup_logging(level: str = "INFO", stream=None) -> None:
     root.setLevel(level)
     # botocore is chatty at DEBUG and may echo signed headers; keep it at INFO+.
     logging.getLogger("botocore").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # The LLM client's HTTP library logs every request at INFO; our own line per call says more.
+    logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     # Our middleware writes the access log; aiohttp's own is switched off.
     logging.getLogger("aiohttp.access").disabled = True

@@ -9,6 +9,7 @@ from .config import Settings
 from .db import pool_ctx
 from .errors import error_middleware
 from .keys import settings_key
+from .llm import llm_ctx
 from .log import setup_logging
 from .middlewares import add_response_headers, cors_middleware, request_context_middleware, validation_middleware
 from .routes import setup_openapi, setup_routes
@@ -29,6 +30,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app[settings_key] = settings
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(storage_ctx)
+    app.cleanup_ctx.append(llm_ctx)
     app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)
     setup_routes(app)

@@ -9,7 +9,7 @@ from aiohttp_apispec import setup_aiohttp_apispec
 
 from . import __version__
 from .errors import ValidationFailed
-from .handlers import courses, health, materials, slides
+from .handlers import courses, gpt, health, homework, llm_settings, materials, reports, slides
 
 COURSE = "/api/v1/courses/{course_id}"
 
@@ -29,6 +29,16 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(COURSE + "/materials/{material_id}", materials.delete_material)
     app.router.add_post(COURSE + "/slide-mapping", slides.put_mapping)
     app.router.add_get(COURSE + "/slide-mapping", slides.get_mapping)
+    app.router.add_post(COURSE + "/structure", courses.generate_structure)
+    app.router.add_post(COURSE + "/check-homework", homework.check_homework)
+    app.router.add_get("/api/v1/students/{student_id}/progress", homework.student_progress)
+    app.router.add_get("/api/v1/reports/cost", reports.cost_report)
+    app.router.add_post("/api/v1/gpt", gpt.gpt)
+    app.router.add_post("/api/v1/gpt/presentation", gpt.presentation)
+    app.router.add_post("/api/v1/gpt/improve", gpt.improve)
+    app.router.add_put("/api/v1/settings/llm", llm_settings.put_llm_settings)
+    app.router.add_get("/api/v1/settings/llm", llm_settings.get_llm_settings)
+    app.router.add_delete("/api/v1/settings/llm", llm_settings.delete_llm_settings)
 
 
 def _validation_error(error, request, schema, status=None, headers=None):

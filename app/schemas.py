@@ -99,9 +99,14 @@ class CourseDetailSchema(CourseSchema):
     structure = fields.Nested(StructureSchema, required=True)
 
 
+PASS_SCORE = validate.Range(min=0, max=100)
+
+
 class LessonInputSchema(StrictSchema):
     title = fields.String(required=True, validate=[TITLE, _not_blank])
     content = fields.String(load_default="", validate=CONTENT)
+    pass_score = fields.Integer(strict=True, allow_none=True, load_default=None, validate=PASS_SCORE,
+                                metadata={"description": "score needed to pass this lesson's homework (default 60)"})
 
 
 class ModuleInputSchema(StrictSchema):
@@ -120,6 +125,7 @@ class LessonSchema(Schema):
     title = fields.String(required=True)
     position = fields.Integer(required=True)
     content = fields.String(required=True)
+    pass_score = fields.Integer(allow_none=True, required=True)
 
 
 # --- materials ------------------------------------------------------------
@@ -185,3 +191,134 @@ class SlideMappingSchema(Schema):
     material_id = fields.UUID(allow_none=True, required=True)
     items = fields.List(fields.Nested(SlideMappingItemOutSchema), required=True)
     updated_at = fields.DateTime(required=True)
+
+
+# --- LLM features ---------------------------------------------------------
+
+MODEL_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$", error="Not a model name.")
+PROMPT = validate.Length(min=1, max=100_000)
+
+
+class GptRequestSchema(StrictSchema):
+    prompt = fields.String(required=True, validate=[PROMPT, _not_blank])
+    system_prompt = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=20_000))
+    model = fields.String(load_default=None, allow_none=True, validate=MODEL_NAME,
+                          metadata={"description": "default: the provider's configured model"})
+    temperature = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=0, max=2))
+    max_tokens = fields.Integer(strict=True, load_default=None, allow_none=True,
+                                validate=validate.Range(min=1, max=128_000))
+    stream = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata={
+        "description": "true: text/event-stream with `delta` events ({\"text\"}) and a final `done` event "
+                       "({\"model\", \"usage\", \"cost_usd\"}), or an `error` event"})
+
+
+class UsageSchema(Schema):
+    input_tokens = fields.Integer(required=True)
+    output_tokens = fields.Integer(required=True)
+
+
+class GptResponseSchema(Schema):
+    text = fields.String(required=True)
+    model = fields.String(required=True)
+    usage = fields.Nested(UsageSchema, required=True)
+    cost_usd = fields.Float(required=True)
+
+
+class PresentationRequestSchema(StrictSchema):
+    topic = fields.String(required=True, validate=[validate.Length(min=1, max=2000), _not_blank])
+    num_slides = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=50))
+
+
+class SlideSchema(Schema):
+    title = fields.String(required=True)
+    bullets = fields.List(fields.String(), required=True)
+
+
+class PresentationSchema(Schema):
+    slides = fields.List(fields.Nested(SlideSchema), required=True)
+
+
+class ImproveRequestSchema(StrictSchema):
+    text = fields.String(required=True, validate=[PROMPT, _not_blank])
+
+
+class ImproveSchema(Schema):
+    text = fields.String(required=True)
+
+
+class GenerateStructureSchema(StrictSchema):
+    instructions = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=10_000))
+
+
+class HomeworkRequestSchema(StrictSchema):
+    student_id = fields.String(required=True, validate=[validate.Length(min=1, max=200), _not_blank],
+                               metadata={"description": "the tenant's own identifier of the student"})
+    lesson_id = fields.UUID(required=True)
+    submission = fields.String(required=True, validate=[PROMPT, _not_blank])
+
+
+class HomeworkAttemptSchema(Schema):
+    id = fields.UUID(required=True)
+    student_id = fields.String(required=True)
+    course_id = fields.UUID(required=True)
+    lesson_id = fields.UUID(required=True)
+    score = fields.Integer(required=True)
+    passed = fields.Boolean(required=True)
+    feedback = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class LessonProgressSchema(Schema):
+    lesson_id = fields.UUID(required=True)
+    attempts = fields.Integer(required=True)
+    best_score = fields.Integer(required=True)
+    last_score = fields.Integer(required=True)
+    passed = fields.Boolean(required=True, metadata={"description": "some attempt passed"})
+
+
+class CourseProgressSchema(Schema):
+    course_id = fields.UUID(required=True)
+    lessons = fields.List(fields.Nested(LessonProgressSchema), required=True)
+
+
+class ProgressSchema(Schema):
+    student_id = fields.String(required=True)
+    courses = fields.List(fields.Nested(CourseProgressSchema), required=True)
+
+
+class CostQuerySchema(Schema):
+    date_from = fields.Date(data_key="from", load_default=None, metadata={"description": "first UTC day; default 29 days before `to`"})
+    date_to = fields.Date(data_key="to", load_default=None, metadata={"description": "last UTC day; default today"})
+    group_by = fields.String(load_default="day", validate=validate.OneOf(["day", "model", "endpoint", "key"]))
+
+
+class CostFiguresSchema(Schema):
+    calls = fields.Integer(required=True)
+    input_tokens = fields.Integer(required=True)
+    output_tokens = fields.Integer(required=True)
+    cost_usd = fields.Float(required=True)
+
+
+class CostGroupSchema(CostFiguresSchema):
+    key = fields.String(required=True, metadata={"description": "the day, model, endpoint or key prefix"})
+
+
+class CostReportSchema(Schema):
+    date_from = fields.String(data_key="from", required=True)
+    date_to = fields.String(data_key="to", required=True)
+    group_by = fields.String(required=True)
+    total = fields.Nested(CostFiguresSchema, required=True)
+    groups = fields.List(fields.Nested(CostGroupSchema), required=True)
+
+
+class LLMSettingsInputSchema(StrictSchema):
+    base_url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
+                          metadata={"description": "an OpenAI-compatible API, e.g. https://api.openai.com/v1"})
+    api_key = fields.String(required=True, load_only=True, validate=[validate.Length(min=1, max=1000), _not_blank])
+    model = fields.String(load_default=None, allow_none=True, validate=MODEL_NAME)
+
+
+class LLMSettingsSchema(Schema):
+    base_url = fields.String(required=True, allow_none=True)
+    model = fields.String(required=True, allow_none=True)
+    api_key_prefix = fields.String(required=True, allow_none=True)

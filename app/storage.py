@@ -71,6 +71,19 @@ class Storage:
             log.warning("storage %s failed: %s", method, exc)
             raise StorageUnavailable() from exc
 
+    async def read_head(self, key: str, max_bytes: int) -> bytes:
+        """The first ``max_bytes`` of an object: one ranged GET, read in the transfer pool."""
+        def fetch() -> bytes:
+            reply = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{max_bytes - 1}")
+            with reply["Body"] as body:
+                return body.read(max_bytes)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._transfers, fetch)
+        except _STORAGE_ERRORS as exc:
+            log.warning("storage get_object failed: %s", exc)
+            raise StorageUnavailable() from exc
+
     def upload(self, key: str, content_type: str, *, part_bytes: int, parts_in_flight: int) -> "ObjectUpload":
         upload = ObjectUpload(self, key, content_type, part_bytes, parts_in_flight)
         self.active.add(upload)

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from app.migrate import apply_migrations
+from tests.support.llm_server import LLMServer
 from tests.support.pg import PostgresCluster
 from tests.support.s3 import CREDENTIALS, S3Server, app_environment
 
@@ -52,9 +53,22 @@ def _aws_credentials():
 
 
 @pytest.fixture(scope="session")
-def app_env(database_url, s3, bucket):
+def llm():
+    """The OpenAI-compatible test server: the app's default provider in tests."""
+    with LLMServer() as server:
+        yield server
+
+
+# Short enough to keep failure tests quick; the retry count is the contract's default.
+LLM_TEST_SETTINGS = {"OPENAI_API_KEY": "sk-test-server-0000000000000000", "LLM_TIMEOUT_S": "1",
+                     "LLM_MAX_RETRIES": "3"}
+
+
+@pytest.fixture(scope="session")
+def app_env(database_url, s3, bucket, llm):
     """The environment a deployed app would get."""
-    return app_environment(database_url, s3, bucket, LOG_LEVEL="INFO")
+    return app_environment(database_url, s3, bucket, LOG_LEVEL="INFO", OPENAI_BASE_URL=llm.base_url,
+                           **LLM_TEST_SETTINGS)
 
 
 def unique(name: str) -> str:

@@ -20,21 +20,8 @@ def llm():
 
 @pytest.fixture
 def client(llm):
-    _control(llm, "DELETE", "/_control/requests")
+    llm.reset()
     return openai.OpenAI(base_url=llm.base_url, api_key="sk-test-key", max_retries=0, timeout=10)
-
-
-def _control(llm, method: str, path: str, body: dict | None = None):
-    url = llm.base_url.removesuffix("/v1") + path
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as response:
-        payload = response.read()
-    return json.loads(payload) if payload else None
-
-
-def _script(llm, *behaviours: dict) -> None:
-    _control(llm, "POST", "/_control/behaviours", {"behaviours": list(behaviours)})
 
 
 def test_plain_completion_with_usage(client):
@@ -63,22 +50,22 @@ def test_stream_yields_the_same_text_and_usage(client):
 
 def test_scripted_429_is_retried_by_the_client(llm):
     client = openai.OpenAI(base_url=llm.base_url, api_key="sk-test-key", max_retries=2, timeout=10)
-    _control(llm, "DELETE", "/_control/requests")
-    _script(llm, {"status": 429, "retry_after": 0}, {"status": 503})
+    llm.reset()
+    llm.script({"status": 429, "retry_after": 0}, {"status": 503})
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content == "Fake answer to: hi"
-    assert len(_control(llm, "GET", "/_control/requests")) == 3
+    assert len(llm.requests()) == 3
 
 
 def test_scripted_errors_and_slowness(client, llm):
-    _script(llm, {"status": 500})
+    llm.script({"status": 500})
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
-    _script(llm, {"delay_s": 2})
+    llm.script({"delay_s": 2})
     with pytest.raises(openai.APITimeoutError):
         client.with_options(timeout=0.5).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
-    _script(llm, {"content": "not json at all"})
+    llm.script({"content": "not json at all"})
     reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert reply.choices[0].message.content == "not json at all"
 

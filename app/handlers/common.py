@@ -20,7 +20,9 @@ _ERROR_DESCRIPTIONS = {
     415: "Unsupported media type",
     422: "Validation failed; details list the fields",
     429: "Rate limit exceeded; see Retry-After",
+    502: "The LLM provider failed (llm_provider_error) or gave an unusable reply twice (llm_bad_output)",
     503: "A dependency is unavailable",
+    504: "The LLM provider did not answer in time (llm_timeout)",
 }
 _RATE_HEADERS = {
     name: {"type": "integer", "description": text}

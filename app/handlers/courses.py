@@ -10,7 +10,10 @@ from ..auth import caller
 from ..db import acquire
 from ..jsonutil import json_response
 from ..keys import storage_key
+from ..llm import call_context, tasks
+from ..llm.gateway import CHARS_PER_TOKEN
 from ..schemas import (CourseCreateSchema, CourseDetailSchema, CoursePageSchema, CourseSchema, CourseUpdateSchema,
+                       GenerateStructureSchema,
                        LessonSchema, PageQuerySchema, StructureInputSchema, StructureSchema)
 from .common import api_endpoint, path_uuid
 
@@ -83,6 +86,28 @@ async def put_structure(request: web.Request) -> web.Response:
     async with acquire(request) as conn:
         structure = await courses.replace_structure(conn, caller(request).tenant_id, course_id,
                                                     request["data"]["modules"])
+    return json_response(structure)
+
+
+@api_endpoint("prep", tags=TAGS, summary="Generate a course's modules and lessons with the LLM",
+              errors=(400, 404, 415, 422, 502, 504),
+              description="From the course's title and description, its plain-text and Markdown materials "
+                          f"(up to about {tasks.MATERIAL_TOKENS} tokens, oldest first) and optional instructions. "
+                          "The result replaces the structure, as with PUT.")
+@request_schema(GenerateStructureSchema, locations=["json"], required=False)
+@response_schema(StructureSchema, 200)
+async def generate_structure(request: web.Request) -> web.Response:
+    course_id = _course_id(request)
+    tenant_id = caller(request).tenant_id
+    async with acquire(request) as conn:
+        course = await courses.get_course(conn, tenant_id, course_id)
+        sources = await materials.text_materials(conn, tenant_id, course_id)
+    texts = await materials.read_texts(request.app[storage_key], sources, tasks.MATERIAL_TOKENS * CHARS_PER_TOKEN)
+    ctx = await call_context(request, "structure")
+    instructions = request.get("data", {}).get("instructions")
+    answer = await ctx.complete_json(tasks.structure_messages(course, texts, instructions), tasks.parse_structure)
+    async with acquire(request) as conn:
+        structure = await courses.replace_structure(conn, tenant_id, course_id, answer.value)
     return json_response(structure)
 
 

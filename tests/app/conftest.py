@@ -61,3 +61,24 @@ async def auth(factory) -> dict[str, str]:
     """Headers with a prep+check key of a fresh tenant."""
     _, headers = await factory.tenant_with_key()
     return headers
+
+
+async def llm_calls(db, tenant_id) -> list[dict]:
+    """The tenant's accounted LLM calls, oldest first."""
+    return [dict(r) for r in await db.fetch("SELECT * FROM llm_calls WHERE tenant_id = $1 ORDER BY id", tenant_id)]
+
+
+@pytest.fixture
+def fresh_llm(llm):
+    """The test server with no scripted behaviours and no recorded requests."""
+    llm.reset()
+    return llm
+
+
+@pytest.fixture
+def make_client(aiohttp_client, app_env):
+    """An in-process app with extra or changed environment variables."""
+    async def make(**env: str):
+        return await aiohttp_client(await create_app(Settings.from_env({**app_env, **env})))
+
+    return make

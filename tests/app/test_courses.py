@@ -88,7 +88,7 @@ async def test_structure_replace_and_lessons(client, auth):
     assert resp.status == 200
     lesson = await resp.json()
     assert lesson == {"id": numbers["id"], "course_id": course["id"], "module_id": stored["modules"][0]["id"],
-                      "title": "Numbers", "position": 1, "content": "1, 2, 3"}
+                      "title": "Numbers", "position": 1, "content": "1, 2, 3", "pass_score": None}
     sets = await (await client.get(f"/api/v1/courses/{course['id']}/lessons/"
                                    f"{stored['modules'][0]['lessons'][1]['id']}", headers=auth)).json()
     assert sets["content"] == ""

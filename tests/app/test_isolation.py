@@ -33,7 +33,16 @@ ENDPOINTS = [
     ("DELETE", "/api/v1/courses/{course}/materials/{material}", None),
     ("POST", "/api/v1/courses/{course}/slide-mapping", {"items": [{"slide_number": 1}]}),
     ("GET", "/api/v1/courses/{course}/slide-mapping", None),
+    ("POST", "/api/v1/courses/{course}/structure", {}),
+    ("POST", "/api/v1/courses/{course}/check-homework",
+     {"student_id": "s-1", "lesson_id": "00000000-0000-4000-8000-000000000000", "submission": "x"}),
 ]
+
+# Tenant-wide endpoints with no resource id: their isolation is tested where they are
+# (test_llm_features: progress and the cost report; test_llm_byok: settings).
+TENANT_WIDE = {("GET", "/api/v1/students/{student_id}/progress"), ("GET", "/api/v1/reports/cost"),
+               ("POST", "/api/v1/gpt"), ("POST", "/api/v1/gpt/presentation"), ("POST", "/api/v1/gpt/improve"),
+               ("PUT", "/api/v1/settings/llm"), ("GET", "/api/v1/settings/llm"), ("DELETE", "/api/v1/settings/llm")}
 
 
 @pytest.mark.parametrize("method, template, body", ENDPOINTS, ids=[f"{m} {t}" for m, t, _ in ENDPOINTS])
@@ -69,5 +78,5 @@ def test_every_api_route_is_covered(settings):
               if r.resource is not None and r.resource.canonical.startswith("/api/v1/") and r.method != "HEAD"}
     covered = {(m, t.replace("{course}", "{course_id}").replace("{lesson}", "{lesson_id}")
                 .replace("{material}", "{material_id}")) for m, t, _ in ENDPOINTS}
-    covered |= {("GET", "/api/v1/courses"), ("POST", "/api/v1/courses")}
+    covered |= {("GET", "/api/v1/courses"), ("POST", "/api/v1/courses")} | TENANT_WIDE
     assert routes == covered

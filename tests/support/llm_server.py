@@ -8,10 +8,12 @@ otherwise a short text. Tests script failures on demand through a queue:
 
     POST /_control/behaviours  {"behaviours": [{"status": 429, "retry_after": 1},
                                                {"status": 500}, {"delay_s": 3},
-                                               {"content": "not json"}, {"disconnect": true}]}
+                                               {"content": "not json"}, {"disconnect": true},
+                                               {"chunk_delay_s": 0.2}, {"break_after_words": 3}]}
 
 Each request takes the next behaviour (then the default); ``GET /_control/requests``
-lists what was received and ``DELETE /_control/requests`` resets both.
+lists what was received (for streams also whether the stream ``completed``, was
+``broken`` on purpose, or the client disconnected: ``client_disconnected``) and ``DELETE /_control/requests`` resets both.
 Run standalone: ``python -m tests.support.llm_server --listen HOST:PORT``.
 """
 
@@ -23,6 +25,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections import deque
 
@@ -72,8 +75,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return _error(400, "Body is not JSON.", "invalid_request_error")
     if not isinstance(body, dict) or not body.get("model") or not isinstance(body.get("messages"), list):
         return _error(400, "model and messages are required.", "invalid_request_error")
-    request.app[_log_key].append({"received_at": time.time(), "body": body,
-                                  "authorization_prefix": request.headers["Authorization"][7:15]})
+    entry = {"received_at": time.time(), "body": body, "authorization_prefix": request.headers["Authorization"][7:15]}
+    request.app[_log_key].append(entry)
     queue = request.app[_queue_key]
     behaviour = queue.popleft() if queue else {}
     if behaviour.get("delay_s"):
@@ -105,17 +108,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                  "choices": choices, **extra}
         await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-    await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    words = content.split(" ")
-    for i, word in enumerate(words):
-        await send([{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}])
-        if behaviour.get("chunk_delay_s"):
-            await asyncio.sleep(float(behaviour["chunk_delay_s"]))
-    await send([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-    if (body.get("stream_options") or {}).get("include_usage"):
-        await send([], usage=usage)
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
+    entry["stream"] = "started"
+    try:
+        await send([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        words = content.split(" ")
+        for i, word in enumerate(words):
+            await send([{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}])
+            if behaviour.get("chunk_delay_s"):
+                await asyncio.sleep(float(behaviour["chunk_delay_s"]))
+            if behaviour.get("break_after_words") == i + 1:  # the provider dies mid-stream
+                request.transport.close()
+                entry["stream"] = "broken"
+                return response
+        await send([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=usage)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        entry["stream"] = "client_disconnected"  # the app stopped reading: generation cancelled
+        raise
+    entry["stream"] = "completed"
     return response
 
 
@@ -172,6 +185,24 @@ class LLMServer(Service):
 
     def stop(self) -> None:
         stop_process(self.proc, 10)
+
+    def control(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url.removesuffix("/v1") + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else None
+
+    def script(self, *behaviours: dict) -> None:
+        """Queue behaviours for the next requests (see the module docstring)."""
+        self.control("POST", "/_control/behaviours", {"behaviours": list(behaviours)})
+
+    def requests(self) -> list[dict]:
+        return self.control("GET", "/_control/requests")
+
+    def reset(self) -> None:
+        self.control("DELETE", "/_control/requests")
 
 
 def main() -> None:

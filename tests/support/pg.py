@@ -12,6 +12,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from .net import Service, free_port, stop_process, wait_for_port
@@ -60,7 +61,16 @@ class PostgresCluster(Service):
             stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),
         )
         wait_for_port(self.port, proc=self.proc)
+        self._wait_accepting()
         return self
+
+    def _wait_accepting(self, timeout: float = 30) -> None:
+        """The port opens before recovery ends ("the database system is starting up")."""
+        deadline = time.monotonic() + timeout
+        while subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"PostgreSQL did not accept connections; see {self.root / 'server.log'}")
+            time.sleep(0.05)
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"

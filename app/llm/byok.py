@@ -1,0 +1,98 @@
+"""Bring your own key: a tenant's own OpenAI-compatible provider.
+
+The provider key is encrypted at rest with Fernet (AES-128-CBC + HMAC-SHA256,
+from ``cryptography``) under ``APP_ENCRYPTION_KEY``. That variable may hold
+several comma-separated keys: the first encrypts, every one decrypts, so a key
+is rotated by putting a new key first, running ``python -m app.admin
+encryption rotate`` (re-encrypts every stored provider key with the first), and
+then dropping the old key. The plain key is never logged, returned or stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from ..errors import ServiceUnavailable
+
+PREFIX_CHARS = 8
+
+
+class EncryptionUnavailable(ServiceUnavailable):
+    code = "encryption_unavailable"
+
+
+class KeyBox:
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._fernet = MultiFernet([Fernet(k) for k in keys]) if keys else None
+
+    def _require(self) -> MultiFernet:
+        if self._fernet is None:
+            raise EncryptionUnavailable(
+                "This server cannot store provider keys: APP_ENCRYPTION_KEY is not set.")
+        return self._fernet
+
+    def encrypt(self, secret: str) -> bytes:
+        return self._require().encrypt(secret.encode())
+
+    def decrypt(self, token: bytes) -> str:
+        try:
+            return self._require().decrypt(bytes(token)).decode()
+        except InvalidToken:
+            raise EncryptionUnavailable(
+                "The stored provider key cannot be decrypted with APP_ENCRYPTION_KEY; "
+                "store it again with PUT /api/v1/settings/llm.") from None
+
+    def rotate(self, token: bytes) -> bytes:
+        return self._require().rotate(bytes(token))
+
+
+def key_prefix(api_key: str) -> str:
+    """Enough to recognise a key, never enough to use it."""
+    return api_key[:PREFIX_CHARS] if len(api_key) >= 4 * PREFIX_CHARS else api_key[:3]
+
+
+_COLUMNS = "base_url, model, api_key_prefix"
+
+
+async def get_settings(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> dict[str, Any] | None:
+    """The tenant's provider with its encrypted key, or None for the server's provider."""
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS}, api_key_encrypted FROM tenant_llm_settings WHERE tenant_id = $1", tenant_id)
+    return dict(row) if row else None
+
+
+async def put_settings(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, base_url: str, model: str | None,
+                       encrypted_key: bytes, api_key_prefix: str) -> dict[str, Any]:
+    row = await conn.fetchrow(
+        f"""INSERT INTO tenant_llm_settings (tenant_id, base_url, model, api_key_encrypted, api_key_prefix)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (tenant_id) DO UPDATE SET base_url = EXCLUDED.base_url, model = EXCLUDED.model,
+                api_key_encrypted = EXCLUDED.api_key_encrypted, api_key_prefix = EXCLUDED.api_key_prefix,
+                updated_at = now()
+            RETURNING {_COLUMNS}""",
+        tenant_id, base_url, model, encrypted_key, api_key_prefix)
+    return dict(row)
+
+
+async def delete_settings(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
+    return await conn.fetchval(
+        "DELETE FROM tenant_llm_settings WHERE tenant_id = $1 RETURNING true", tenant_id) is not None
+
+
+async def rotate_all(conn: asyncpg.Connection, box: KeyBox) -> int:
+    """Re-encrypt every stored provider key with the first APP_ENCRYPTION_KEY."""
+    async with conn.transaction():
+        rows = await conn.fetch("SELECT tenant_id, api_key_encrypted FROM tenant_llm_settings FOR UPDATE")
+        for row in rows:
+            try:
+                rotated = box.rotate(row["api_key_encrypted"])
+            except InvalidToken:
+                raise EncryptionUnavailable(
+                    f"tenant {row['tenant_id']}: its provider key is under none of the APP_ENCRYPTION_KEY keys") from None
+            await conn.execute("UPDATE tenant_llm_settings SET api_key_encrypted = $2 WHERE tenant_id = $1",
+                               row["tenant_id"], rotated)
+    return len(rows)

@@ -1,0 +1,361 @@
+"""The one way the app talks to LLM providers (OpenAI-compatible chat completions).
+
+* One ``httpx`` connection pool per worker, shared by one ``AsyncOpenAI`` client per
+  provider: the server's provider, its fallback, and tenants' own (BYOK), the
+  latter built on first use and kept in a small LRU -- never per request.
+* Retries are the ``openai`` client's own: ``max_retries=LLM_MAX_RETRIES`` on
+  connection errors, timeouts, 408/409/429 and 5xx, exponential backoff with
+  jitter, honouring ``Retry-After``. An httpx request hook counts the attempts
+  that really went out, so each recorded call says how many it took.
+* ``LLM_TIMEOUT_S`` bounds every attempt (connect, and each wait for bytes).
+* When a provider still fails with a retryable error, the next provider on the
+  route gets the call (the server's fallback; a BYOK tenant has only its own).
+  The last failure becomes ``502 llm_provider_error`` or ``504 llm_timeout``.
+* Every provider call, failed or not, is recorded in ``llm_calls`` (tokens, cost,
+  latency, attempts, outcome; never the prompt or the answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import asyncpg
+import httpx2
+import openai
+
+from ..config import Settings
+from ..errors import ApiError, ServiceUnavailable
+from ..jsonutil import loads
+from . import accounting
+from .byok import KeyBox
+from .prices import PriceTable
+
+log = logging.getLogger("app.llm")
+
+TENANT_CLIENTS_KEPT = 256
+CHARS_PER_TOKEN = 4  # rough estimate, used only when a provider reports no usage
+
+
+class LLMProviderError(ApiError):
+    status, code = 502, "llm_provider_error"
+
+
+class LLMTimeout(ApiError):
+    status, code = 504, "llm_timeout"
+
+
+class LLMBadOutput(ApiError):
+    status, code = 502, "llm_bad_output"
+
+
+class LLMNotConfigured(ServiceUnavailable):
+    code = "llm_not_configured"
+
+
+class BadOutput(ValueError):
+    """Raised by a reply parser: the reply is not what was asked for."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    kind: str  # "default", "fallback" or "tenant" (llm_calls.provider)
+    base_url: str
+    api_key: str = field(repr=False)
+    model: str  # used when the caller names no model
+    pinned_model: str | None = None  # used whatever the caller names (LLM_FALLBACK_MODEL)
+
+    def model_for(self, requested: str | None) -> str:
+        return self.pinned_model or requested or self.model
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    usage: Usage
+    cost_usd: Decimal
+    provider: str
+    value: Any = None  # what the parser made of the text
+
+
+@dataclass(frozen=True)
+class Failure:
+    outcome: str  # "provider_error" or "timeout"
+    may_fall_back: bool
+    detail: str
+
+    def error(self) -> ApiError:
+        if self.outcome == "timeout":
+            return LLMTimeout("The LLM provider did not answer in time; try again later.")
+        return LLMProviderError(f"The LLM provider failed ({self.detail}); try again later.")
+
+
+def classify(exc: BaseException) -> Failure:
+    """What a provider exception means for the caller and for the fallback."""
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, TimeoutError)):
+        return Failure("timeout", True, "timeout")
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError, ConnectionError)):
+        return Failure("provider_error", True, "connection error")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        return Failure("provider_error", status in (408, 409, 429) or status >= 500, f"HTTP {status}")
+    return Failure("provider_error", False, type(exc).__name__)
+
+
+_ATTEMPTS: ContextVar[list[int] | None] = ContextVar("llm_attempts", default=None)
+
+
+async def _count_attempt(request: httpx2.Request) -> None:
+    counter = _ATTEMPTS.get()
+    if counter is not None:
+        counter[0] += 1
+
+
+def json_object_of(text: str) -> dict:
+    try:
+        data = loads(text)
+    except ValueError:
+        raise BadOutput("the reply is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadOutput("the reply is not a JSON object")
+    return data
+
+
+def non_blank(text: str) -> str:
+    if not text.strip():
+        raise BadOutput("the reply is empty")
+    return text
+
+
+def estimate_tokens(messages: Sequence[dict]) -> int:
+    return max(1, sum(len(str(m.get("content", ""))) for m in messages) // CHARS_PER_TOKEN)
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prices = PriceTable(settings.llm_prices)
+        self.keybox = KeyBox(settings.app_encryption_keys)
+        timeout = httpx2.Timeout(settings.llm_timeout_s, connect=min(settings.llm_timeout_s, 10.0))
+        self._http = openai.DefaultAsyncHttpxClient(timeout=timeout, event_hooks={"request": [_count_attempt]})
+        self._timeout = timeout
+        self._clients: OrderedDict[tuple, openai.AsyncOpenAI] = OrderedDict()
+        self._tenant_providers: OrderedDict[tuple, Provider] = OrderedDict()
+        self.default = (Provider("default", settings.openai_base_url, settings.openai_api_key, settings.llm_model)
+                        if settings.openai_api_key else None)
+        self.fallback = (Provider("fallback", settings.llm_fallback_base_url, settings.llm_fallback_api_key,
+                                  settings.llm_model, settings.llm_fallback_model)
+                         if settings.llm_fallback_base_url else None)
+        for provider in (self.default, self.fallback):
+            if provider:
+                self.client(provider)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def client(self, provider: Provider) -> openai.AsyncOpenAI:
+        """The provider's client, made once and kept (the tenants' in an LRU)."""
+        ident = (provider.base_url, hashlib.sha256(provider.api_key.encode()).digest())
+        client = self._clients.get(ident)
+        if client is None:
+            client = openai.AsyncOpenAI(api_key=provider.api_key, base_url=provider.base_url,
+                                        max_retries=self.settings.llm_max_retries, timeout=self._timeout,
+                                        http_client=self._http)
+            self._clients[ident] = client
+            if len(self._clients) > TENANT_CLIENTS_KEPT + 2:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(ident)
+        return client
+
+    def route(self, tenant_settings: dict | None) -> list[Provider]:
+        """Providers to try in order: the tenant's own, else the server's and its fallback."""
+        if tenant_settings:
+            ident = (tenant_settings["base_url"], bytes(tenant_settings["api_key_encrypted"]), tenant_settings["model"])
+            provider = self._tenant_providers.get(ident)
+            if provider is None:
+                provider = Provider("tenant", tenant_settings["base_url"],
+                                    self.keybox.decrypt(tenant_settings["api_key_encrypted"]),
+                                    tenant_settings["model"] or self.settings.llm_model)
+                self._tenant_providers[ident] = provider
+                if len(self._tenant_providers) > TENANT_CLIENTS_KEPT:
+                    self._tenant_providers.popitem(last=False)
+            return [provider]
+        route = [p for p in (self.default, self.fallback) if p]
+        if not route:
+            raise LLMNotConfigured("No LLM provider is configured on this server (OPENAI_API_KEY), "
+                                   "and this tenant has none of its own (PUT /api/v1/settings/llm).")
+        return route
+
+
+def _request_options(model: str, messages: Sequence[dict], temperature: float | None, max_tokens: int | None,
+                     json_object: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {"model": model, "messages": list(messages)}
+    if temperature is not None:
+        options["temperature"] = temperature
+    if max_tokens is not None:
+        options["max_tokens"] = max_tokens
+    if json_object:
+        options["response_format"] = {"type": "json_object"}
+    return options
+
+
+@dataclass
+class CallContext:
+    """One request's LLM calls: who pays, under which endpoint name, and the route."""
+
+    gateway: Gateway
+    pool: asyncpg.Pool
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID | None
+    endpoint: str
+    route: list[Provider]
+
+    async def record(self, provider: Provider, model: str, usage: Usage, started: float, attempts: int,
+                     outcome: str, error: str | None = None) -> Decimal:
+        cost = self.gateway.prices.cost(model, usage.input_tokens, usage.output_tokens) if usage else Decimal(0)
+        call = accounting.LLMCall(
+            tenant_id=self.tenant_id, key_id=self.key_id, endpoint=self.endpoint, provider=provider.kind,
+            model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            usage_estimated=usage.estimated, cost_usd=cost, latency_ms=round((time.monotonic() - started) * 1000),
+            attempts=attempts, outcome=outcome, error=error)
+        await accounting.record(self.pool, call)
+        return cost
+
+    async def complete(self, messages: Sequence[dict], *, model: str | None = None, temperature: float | None = None,
+                       max_tokens: int | None = None, json_object: bool = False,
+                       parse: Callable[[str], Any] | None = None) -> Completion:
+        """One chat completion along the route. ``parse`` turns the text into a value or
+        raises ``BadOutput`` (recorded as such, then ``LLMBadOutput``)."""
+        failure: Failure | None = None
+        for provider in self.route:
+            model_name = provider.model_for(model)
+            counter = [0]
+            token = _ATTEMPTS.set(counter)
+            started = time.monotonic()
+            try:
+                reply = await self.gateway.client(provider).chat.completions.create(
+                    **_request_options(model_name, messages, temperature, max_tokens, json_object))
+            except openai.OpenAIError as exc:
+                failure = classify(exc)
+                await self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
+                log.warning("LLM call failed: %s via %s provider after %d attempt(s)", failure.detail, provider.kind,
+                            counter[0])
+                if not failure.may_fall_back:
+                    break
+                continue
+            finally:
+                _ATTEMPTS.reset(token)
+            text = (reply.choices[0].message.content or "") if reply.choices else ""
+            usage = (Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0) if reply.usage
+                     else Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
+            used_model = reply.model or model_name
+            try:
+                value = parse(text) if parse else None
+            except BadOutput as exc:
+                await self.record(provider, used_model, usage, started, counter[0], "bad_output", str(exc)[:200])
+                raise
+            cost = await self.record(provider, used_model, usage, started, counter[0], "ok")
+            return Completion(text, used_model, usage, cost, provider.kind, value)
+        assert failure is not None
+        raise failure.error()
+
+    async def complete_valid(self, messages: Sequence[dict], parse: Callable[[str], Any], *,
+                             json_object: bool = False, **options) -> Completion:
+        """A call whose reply ``parse`` must accept; one retry on a bad reply, then ``LLMBadOutput``."""
+        for attempt in (1, 2):
+            try:
+                return await self.complete(messages, json_object=json_object, parse=parse, **options)
+            except BadOutput as exc:
+                log.warning("LLM reply unusable for %s (try %d of 2): %s", self.endpoint, attempt, exc)
+                reason = str(exc)
+        raise LLMBadOutput(f"The LLM's reply was not usable twice ({reason}); try again or rephrase.")
+
+    async def complete_json(self, messages: Sequence[dict], parse: Callable[[dict], Any], **options) -> Completion:
+        """A structured call: JSON-object mode; ``parse`` picks its keys from the object."""
+        return await self.complete_valid(messages, lambda text: parse(json_object_of(text)), json_object=True,
+                                         **options)
+
+    async def open_stream(self, messages: Sequence[dict], *, model: str | None = None,
+                          temperature: float | None = None, max_tokens: int | None = None) -> "LLMStream":
+        """Start a streamed completion; errors before the first byte raise like ``complete``."""
+        failure: Failure | None = None
+        for provider in self.route:
+            model_name = provider.model_for(model)
+            counter = [0]
+            token = _ATTEMPTS.set(counter)
+            started = time.monotonic()
+            try:
+                raw = await self.gateway.client(provider).chat.completions.create(
+                    **_request_options(model_name, messages, temperature, max_tokens, False),
+                    stream=True, stream_options={"include_usage": True})
+            except openai.OpenAIError as exc:
+                failure = classify(exc)
+                await self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
+                if not failure.may_fall_back:
+                    break
+                continue
+            finally:
+                _ATTEMPTS.reset(token)
+            return LLMStream(self, provider, model_name, raw, started, counter[0], estimate_tokens(messages))
+        assert failure is not None
+        raise failure.error()
+
+
+class LLMStream:
+    """Text deltas of a streamed completion; ``finish`` closes it and records the call."""
+
+    def __init__(self, ctx: CallContext, provider: Provider, model: str, raw, started: float, attempts: int,
+                 input_estimate: int) -> None:
+        self.ctx, self.provider, self.model, self._raw = ctx, provider, model, raw
+        self._started, self._attempts, self._input_estimate = started, attempts, input_estimate
+        self._usage: Usage | None = None
+        self._deltas = 0
+        self._chars = 0
+        self._finished = False
+
+    async def deltas(self) -> AsyncIterator[str]:
+        async for chunk in self._raw:
+            if chunk.model:
+                self.model = chunk.model
+            if chunk.usage:
+                self._usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+            for choice in chunk.choices or ():
+                text = choice.delta.content if choice.delta else None
+                if text:
+                    self._deltas += 1
+                    self._chars += len(text)
+                    yield text
+
+    @property
+    def usage(self) -> Usage:
+        """The provider's figures, or an estimate when it sent none (e.g. cancelled early)."""
+        return self._usage or Usage(self._input_estimate, max(self._deltas, self._chars // CHARS_PER_TOKEN),
+                                    estimated=True)
+
+    async def finish(self, outcome: str = "ok", error: str | None = None) -> Decimal:
+        """Close the upstream response (cancelling it if unfinished) and record the call."""
+        if self._finished:
+            return Decimal(0)
+        self._finished = True
+        try:
+            await self._raw.close()
+        except Exception:  # the connection is going away anyway
+            log.debug("closing the upstream stream failed", exc_info=True)
+        return await self.ctx.record(self.provider, self.model, self.usage, self._started, self._attempts,
+                                     outcome, error)

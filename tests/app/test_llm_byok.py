@@ -1,0 +1,151 @@
+"""Bring your own key: a tenant's own provider, its key encrypted at rest and never shown."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import pytest
+from cryptography.fernet import Fernet
+
+from app import admin
+from tests.app.conftest import llm_calls
+from tests.support.llm_server import LLMServer
+
+KEY_1, KEY_2 = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+TENANT_API_KEY = "sk-tenant-" + "a1b2c3d4" * 6
+
+
+@pytest.fixture(scope="module")
+def own_llm():
+    """The tenant's own provider."""
+    with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def byok_client(make_client, own_llm, fresh_llm):
+    own_llm.reset()
+    return await make_client(APP_ENCRYPTION_KEY=KEY_1)
+
+
+async def put_own_provider(client, auth, own_llm, **extra):
+    resp = await client.put("/api/v1/settings/llm", json={"base_url": own_llm.base_url + "/",
+                                                          "api_key": TENANT_API_KEY, **extra}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def test_settings_round_trip_never_show_the_key(byok_client, auth, own_llm):
+    unset = await (await byok_client.get("/api/v1/settings/llm", headers=auth)).json()
+    assert unset == {"base_url": None, "model": None, "api_key_prefix": None}
+    stored = await put_own_provider(byok_client, auth, own_llm, model="fake-small")
+    assert stored == {"base_url": own_llm.base_url, "model": "fake-small", "api_key_prefix": "sk-tenan"}
+    assert await (await byok_client.get("/api/v1/settings/llm", headers=auth)).json() == stored
+    resp = await byok_client.delete("/api/v1/settings/llm", headers=auth)
+    assert resp.status == 204
+    assert await (await byok_client.get("/api/v1/settings/llm", headers=auth)).json() == unset
+    assert (await byok_client.delete("/api/v1/settings/llm", headers=auth)).status == 204
+
+
+async def test_the_tenants_calls_go_to_its_provider_and_others_are_unaffected(byok_client, factory, db, own_llm,
+                                                                              fresh_llm):
+    tenant, auth = await factory.tenant_with_key()
+    other, other_auth = await factory.tenant_with_key()
+    await put_own_provider(byok_client, auth, own_llm, model="fake-small")
+
+    resp = await byok_client.post("/api/v1/gpt", json={"prompt": "Mine"}, headers=auth)
+    assert resp.status == 200 and (await resp.json())["model"] == "fake-small"
+    [received] = own_llm.requests()
+    assert received["authorization_prefix"] == TENANT_API_KEY[:8]
+    assert fresh_llm.requests() == []
+    [call] = await llm_calls(db, tenant["id"])
+    assert (call["provider"], call["model"]) == ("tenant", "fake-small")
+
+    resp = await byok_client.post("/api/v1/gpt", json={"prompt": "Theirs"}, headers=other_auth)
+    assert resp.status == 200 and (await resp.json())["model"] == "gpt-4o-mini"
+    assert len(fresh_llm.requests()) == 1 and len(own_llm.requests()) == 1
+    assert fresh_llm.requests()[0]["authorization_prefix"] != TENANT_API_KEY[:8]
+
+    # Back to the server's provider.
+    await byok_client.delete("/api/v1/settings/llm", headers=auth)
+    await byok_client.post("/api/v1/gpt", json={"prompt": "Mine again"}, headers=auth)
+    assert len(fresh_llm.requests()) == 2 and len(own_llm.requests()) == 1
+
+
+async def test_a_failing_own_provider_does_not_fall_back_to_the_servers(make_client, factory, own_llm, fresh_llm):
+    own_llm.reset()
+    client = await make_client(APP_ENCRYPTION_KEY=KEY_1, LLM_MAX_RETRIES="0",
+                               LLM_FALLBACK_BASE_URL=fresh_llm.base_url, LLM_FALLBACK_API_KEY="sk-fallback-0000")
+    _, auth = await factory.tenant_with_key()
+    await put_own_provider(client, auth, own_llm)
+    own_llm.script({"status": 500})
+    resp = await client.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)
+    assert resp.status == 502
+    assert fresh_llm.requests() == []  # the operator's providers are not billed for a BYOK tenant
+
+
+async def test_the_key_is_encrypted_at_rest_and_absent_from_a_database_dump(byok_client, auth, own_llm, db, pg,
+                                                                            database_url, capsys):
+    await put_own_provider(byok_client, auth, own_llm)
+    await byok_client.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)
+    stored = await db.fetchval("SELECT api_key_encrypted FROM tenant_llm_settings WHERE api_key_prefix = 'sk-tenan' "
+                               "ORDER BY updated_at DESC LIMIT 1")
+    assert TENANT_API_KEY.encode() not in bytes(stored)
+    assert Fernet(KEY_1).decrypt(bytes(stored)).decode() == TENANT_API_KEY
+    dump = subprocess.run([str(pg.bin / "pg_dump"), database_url], capture_output=True, check=True).stdout
+    assert b"tenant_llm_settings" in dump and TENANT_API_KEY.encode() not in dump
+    captured = capsys.readouterr()
+    assert TENANT_API_KEY not in captured.out + captured.err  # nor in the logs
+
+
+async def test_without_an_encryption_key_byok_is_refused(client, auth):
+    resp = await client.put("/api/v1/settings/llm", json={"base_url": "https://llm.example.com/v1",
+                                                          "api_key": TENANT_API_KEY}, headers=auth)
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "encryption_unavailable"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"base_url": "ftp://example.com", "api_key": "k"}, "base_url"),
+    ({"base_url": "not a url", "api_key": "k"}, "base_url"),
+    ({"base_url": "https://example.com/v1"}, "api_key"),
+    ({"base_url": "https://example.com/v1", "api_key": "k", "model": "bad model"}, "model"),
+    ({"base_url": "https://example.com/v1", "api_key": "k", "organization": "x"}, "organization"),
+])
+async def test_bad_settings_are_422(byok_client, auth, body, field):
+    resp = await byok_client.put("/api/v1/settings/llm", json=body, headers=auth)
+    assert resp.status == 422
+    assert field in (await resp.json())["error"]["details"]
+
+
+async def test_settings_are_per_tenant(byok_client, factory, own_llm):
+    _, auth = await factory.tenant_with_key()
+    _, other = await factory.tenant_with_key()
+    await put_own_provider(byok_client, auth, own_llm)
+    assert (await (await byok_client.get("/api/v1/settings/llm", headers=other)).json())["base_url"] is None
+    await byok_client.delete("/api/v1/settings/llm", headers=other)
+    assert (await (await byok_client.get("/api/v1/settings/llm", headers=auth)).json())["base_url"] is not None
+
+
+async def test_key_rotation_re_encrypts_with_the_new_key(byok_client, make_client, auth, own_llm, db, app_env,
+                                                         monkeypatch, capsys):
+    await put_own_provider(byok_client, auth, own_llm)
+    monkeypatch.setenv("DATABASE_URL", app_env["DATABASE_URL"])
+    monkeypatch.setenv("APP_ENCRYPTION_KEY", f"{KEY_2},{KEY_1}")
+    assert await asyncio.to_thread(admin.main, ["encryption", "rotate", "--json"]) == 0
+    assert '"rotated":' in capsys.readouterr().out
+    for stored in await db.fetch("SELECT api_key_encrypted FROM tenant_llm_settings"):
+        Fernet(KEY_2).decrypt(bytes(stored["api_key_encrypted"]))  # every key now under the new one
+    rotated = await make_client(APP_ENCRYPTION_KEY=KEY_2)  # the old key is gone from the server
+    resp = await rotated.post("/api/v1/gpt", json={"prompt": "Still mine"}, headers=auth)
+    assert resp.status == 200
+    assert own_llm.requests()[-1]["authorization_prefix"] == TENANT_API_KEY[:8]
+
+
+async def test_a_lost_encryption_key_is_a_clear_503(make_client, byok_client, auth, own_llm):
+    await put_own_provider(byok_client, auth, own_llm)
+    stranger = await make_client(APP_ENCRYPTION_KEY=KEY_2)
+    resp = await stranger.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "encryption_unavailable"
