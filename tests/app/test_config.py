@@ -33,7 +33,8 @@ def test_values_are_parsed():
     ("DATABASE_URL", ""), ("DATABASE_URL", "mysql://x/y"), ("DATABASE_URL", "postgresql://h:notaport/db"),
     ("S3_BUCKET", ""), ("S3_ENDPOINT_URL", "ftp://x"), ("LLM_TIMEOUT_S", "soon"), ("LLM_TIMEOUT_S", "0"),
     ("LLM_MAX_RETRIES", "-1"), ("MAX_UPLOAD_BYTES", "1G"), ("RATE_LIMIT_PREP_PER_MIN", "many"),
-    ("CORS_ORIGINS", "not an origin"), ("LOG_LEVEL", "LOUD"),
+    ("CORS_ORIGINS", "not an origin"), ("LOG_LEVEL", "LOUD"), ("OPENAI_BASE_URL", "api.openai.com"),
+    ("APP_ENCRYPTION_KEY", "too-short"), ("LLM_PRICES", "/nonexistent/prices.json"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as caught:
@@ -52,3 +53,39 @@ def test_gunicorn_refuses_to_start_with_one_line_and_no_traceback():
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "configuration error" in line]
     assert len(errors) == 1 and "LLM_TIMEOUT_S" in errors[0]
+
+
+@pytest.mark.parametrize("given, missing", [("LLM_FALLBACK_BASE_URL", "LLM_FALLBACK_API_KEY"),
+                                            ("LLM_FALLBACK_API_KEY", "LLM_FALLBACK_BASE_URL")])
+def test_half_a_fallback_names_the_missing_half(given, missing):
+    value = "https://fallback.example/v1" if given.endswith("URL") else "sk-1"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, given: value})
+    assert caught.value.variable == missing
+
+
+def test_llm_settings_are_parsed(tmp_path):
+    from cryptography.fernet import Fernet
+
+    keys = [Fernet.generate_key().decode() for _ in range(2)]
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"my-model": {"input_per_1m": 1.5, "output_per_1m": 3}}')
+    settings = Settings.from_env({**BASE, "OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": "http://llm:8090/v1/",
+                                  "LLM_FALLBACK_BASE_URL": "https://fb.example/v1", "LLM_FALLBACK_API_KEY": "sk-fb",
+                                  "LLM_FALLBACK_MODEL": "fb-model", "APP_ENCRYPTION_KEY": f"{keys[0]}, {keys[1]}",
+                                  "LLM_PRICES": str(prices)})
+    assert settings.openai_base_url == "http://llm:8090/v1" and settings.llm_fallback_model == "fb-model"
+    assert settings.app_encryption_keys == tuple(keys)
+    assert settings.llm_prices == {"my-model": (1.5, 3.0)}
+    assert "sk-x" not in repr(settings) and "sk-fb" not in repr(settings) and keys[0] not in repr(settings)
+
+
+@pytest.mark.parametrize("content, problem", [("not json", "not valid JSON"), ("[1]", "JSON object"),
+                                              ('{"m": {"input_per_1m": 1}}', "needs numeric"),
+                                              ('{"m": {"input_per_1m": -1, "output_per_1m": 1}}', "negative")])
+def test_a_bad_price_file_is_named(tmp_path, content, problem):
+    prices = tmp_path / "prices.json"
+    prices.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, "LLM_PRICES": str(prices)})
+    assert "LLM_PRICES" in str(caught.value) and problem in str(caught.value)

@@ -88,3 +88,22 @@ async def test_logs_are_json_lines_without_keys(server, factory):
     assert isinstance(line["duration_ms"], float)
     text = "\n".join(lines)
     assert key not in text and key[12:] not in text and key[:-1] not in text
+
+
+async def test_a_client_leaving_a_stream_cancels_the_upstream_under_gunicorn(server, factory, db, fresh_llm):
+    """Under gunicorn a client's disconnect does not cancel the handler (aiohttp's default):
+    the next write fails instead, which must stop the provider's generation too."""
+    tenant, auth = await factory.tenant_with_key()
+    fresh_llm.script({"chunk_delay_s": 0.3, "content": " ".join(f"word{i}" for i in range(60))})
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.url + "/api/v1/gpt", json={"prompt": "A long story", "stream": True},
+                                headers=auth) as resp:
+            assert resp.status == 200
+            assert (await resp.content.readuntil(b"\n\n")).startswith(b"event: delta")
+    deadline = time.monotonic() + 10
+    while (fresh_llm.requests()[0].get("stream") != "client_disconnected"
+           or not await db.fetchval("SELECT count(*) FROM llm_calls WHERE tenant_id = $1", tenant["id"])):
+        assert time.monotonic() < deadline, fresh_llm.requests()[0].get("stream")
+        await asyncio.sleep(0.1)
+    call = await db.fetchrow("SELECT outcome, output_tokens FROM llm_calls WHERE tenant_id = $1", tenant["id"])
+    assert call["outcome"] == "cancelled" and 1 <= call["output_tokens"] < 60
