@@ -165,6 +165,21 @@ def create_app() -> web.Application:
     return app
 
 
+def control(base_url: str, method: str, path: str, body: dict | None = None):
+    """Call the control API of the server at ``base_url`` (".../v1")."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base_url.removesuffix("/v1") + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as response:
+        payload = response.read()
+    return json.loads(payload) if payload else None
+
+
+def script(base_url: str, *behaviours: dict) -> None:
+    """Queue behaviours for the next requests of the server at ``base_url``."""
+    control(base_url, "POST", "/_control/behaviours", {"behaviours": list(behaviours)})
+
+
 class LLMServer(Service):
     """The server in its own process on a free loopback port: ``with LLMServer() as llm``."""
 
@@ -187,16 +202,11 @@ class LLMServer(Service):
         stop_process(self.proc, 10)
 
     def control(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url.removesuffix("/v1") + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as response:
-            payload = response.read()
-        return json.loads(payload) if payload else None
+        return control(self.base_url, method, path, body)
 
     def script(self, *behaviours: dict) -> None:
         """Queue behaviours for the next requests (see the module docstring)."""
-        self.control("POST", "/_control/behaviours", {"behaviours": list(behaviours)})
+        script(self.base_url, *behaviours)
 
     def requests(self) -> list[dict]:
         return self.control("GET", "/_control/requests")

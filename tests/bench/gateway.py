@@ -1,0 +1,99 @@
+"""LLM gateway overhead: POST /api/v1/gpt through the app versus the same call made
+directly with the openai client, both against the instantly answering local
+OpenAI-compatible test server, in the same run.
+
+Requests go one at a time (latency, not throughput): the app adds auth and rate
+limit (one statement), the tenant's provider lookup, the accounting insert, its
+own HTTP hop and JSON handling. Targets: p50 overhead <= 3 ms, p99 <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import aiohttp
+import openai
+
+from app.migrate import apply_migrations
+from tests.support.gunicorn import Gunicorn
+from tests.support.llm_server import LLMServer
+from tests.support.pg import PostgresCluster
+from tests.support.s3 import S3Server, app_environment
+
+from .seed import seed
+
+WARMUP = 100
+REQUESTS = 1000
+TARGET_P50_MS = 3.0
+TARGET_P99_MS = 10.0
+PROMPT = "Say hello"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if q < 100 else max(samples)
+
+
+async def _timed(call, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+async def _measure(app_url: str, api_key: str, llm_url: str) -> tuple[list[float], list[float]]:
+    direct = openai.AsyncOpenAI(base_url=llm_url, api_key="sk-bench", max_retries=0)
+    async with aiohttp.ClientSession() as session:
+        async def through_app():
+            async with session.post(f"{app_url}/api/v1/gpt", json={"prompt": PROMPT},
+                                    headers={"X-API-Key": api_key}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"/api/v1/gpt answered {resp.status}: {await resp.text()}")
+                await resp.read()
+
+        async def straight():
+            await direct.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+
+        await _timed(through_app, WARMUP)
+        await _timed(straight, WARMUP)
+        app, bare = [], []
+        for _ in range(4):  # interleaved, so that drift on a noisy machine hits both alike
+            app += await _timed(through_app, REQUESTS // 4)
+            bare += await _timed(straight, REQUESTS // 4)
+    await direct.close()
+    return app, bare
+
+
+def run() -> dict:
+    with PostgresCluster() as pg, S3Server() as s3, LLMServer() as llm:
+        database_url = pg.create_database("bench_llm")
+        apply_migrations(database_url)
+        key, _ = asyncio.run(seed(database_url))
+        env = app_environment(database_url, s3, s3.create_bucket("bench-llm"), LOG_LEVEL="INFO",
+                              OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="sk-bench")
+        with Gunicorn(env, workers=1) as app:
+            through_app, direct = asyncio.run(_measure(app.url, key, llm.base_url))
+    result = {}
+    for q in (50, 99):
+        result[f"app_p{q}"] = percentile(through_app, q)
+        result[f"direct_p{q}"] = percentile(direct, q)
+        result[f"overhead_p{q}"] = result[f"app_p{q}"] - result[f"direct_p{q}"]
+    return result
+
+
+def report(result: dict) -> bool:
+    print(f"\nLLM gateway: {REQUESTS} sequential calls each, instant test server")
+    print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'POST /api/v1/gpt through the app':34} {result['app_p50']:>8.2f} {result['app_p99']:>8.2f}")
+    print(f"{'openai client, direct':34} {result['direct_p50']:>8.2f} {result['direct_p99']:>8.2f}")
+    met = result["overhead_p50"] <= TARGET_P50_MS and result["overhead_p99"] <= TARGET_P99_MS
+    print(f"{'overhead':34} {result['overhead_p50']:>8.2f} {result['overhead_p99']:>8.2f}"
+          f"   (targets <= {TARGET_P50_MS:g} / {TARGET_P99_MS:g} ms: {'met' if met else 'NOT met'})")
+    return met
+
+
+if __name__ == "__main__":
+    raise SystemExit(0 if report(run()) else 1)
