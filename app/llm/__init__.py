@@ -15,7 +15,7 @@ from .gateway import CallContext, Gateway
 
 async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     """One gateway (and connection pool) per worker, closed on shutdown."""
-    app[llm_key] = Gateway(app[settings_key])
+    app[llm_key] = Gateway(app[settings_key], app[db_pool_key])
     yield
     await app[llm_key].close()
 
@@ -26,4 +26,4 @@ async def call_context(request: web.Request, endpoint: str) -> CallContext:
     async with acquire(request) as conn:
         own = await byok.get_settings(conn, who.tenant_id)
     gateway = request.app[llm_key]
-    return CallContext(gateway, request.app[db_pool_key], who.tenant_id, who.key_id, endpoint, gateway.route(own))
+    return CallContext(gateway, who.tenant_id, who.key_id, endpoint, gateway.route(own))

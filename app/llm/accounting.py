@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import uuid
@@ -55,6 +56,24 @@ async def record(pool: asyncpg.Pool, call: LLMCall) -> None:
             await conn.execute(_INSERT, *fields.values(), timeout=RECORD_TIMEOUT_S)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         log.exception("could not record an LLM call in llm_calls (the log line above has its figures)")
+
+
+class Recorder:
+    """Writes ``llm_calls`` rows off the request path (the answer does not wait for the
+    insert); the worker's shutdown waits for the last ones (``drain``)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._pending: set[asyncio.Task] = set()
+
+    def submit(self, call: LLMCall) -> None:
+        task = asyncio.get_running_loop().create_task(record(self._pool, call))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=timeout)
 
 
 def _usd(value: Decimal | None) -> float:

@@ -12,7 +12,8 @@
   route gets the call (the server's fallback; a BYOK tenant has only its own).
   The last failure becomes ``502 llm_provider_error`` or ``504 llm_timeout``.
 * Every provider call, failed or not, is recorded in ``llm_calls`` (tokens, cost,
-  latency, attempts, outcome; never the prompt or the answer).
+  latency, attempts, outcome; never the prompt or the answer), written in the
+  background so that the answer does not wait for it; shutdown waits for them.
 """
 
 from __future__ import annotations
@@ -147,8 +148,9 @@ def estimate_tokens(messages: Sequence[dict]) -> int:
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
+        self.recorder = accounting.Recorder(pool)
         self.prices = PriceTable(settings.llm_prices)
         self.keybox = KeyBox(settings.app_encryption_keys)
         timeout = httpx2.Timeout(settings.llm_timeout_s, connect=min(settings.llm_timeout_s, 10.0))
@@ -166,6 +168,7 @@ class Gateway:
                 self.client(provider)
 
     async def close(self) -> None:
+        await self.recorder.drain()
         await self._http.aclose()
 
     def client(self, provider: Provider) -> openai.AsyncOpenAI:
@@ -220,21 +223,21 @@ class CallContext:
     """One request's LLM calls: who pays, under which endpoint name, and the route."""
 
     gateway: Gateway
-    pool: asyncpg.Pool
     tenant_id: uuid.UUID
     key_id: uuid.UUID | None
     endpoint: str
     route: list[Provider]
 
-    async def record(self, provider: Provider, model: str, usage: Usage, started: float, attempts: int,
-                     outcome: str, error: str | None = None) -> Decimal:
+    def record(self, provider: Provider, model: str, usage: Usage, started: float, attempts: int,
+               outcome: str, error: str | None = None) -> Decimal:
+        """Account for one provider call (written in the background) and return its cost."""
         cost = self.gateway.prices.cost(model, usage.input_tokens, usage.output_tokens) if usage else Decimal(0)
         call = accounting.LLMCall(
             tenant_id=self.tenant_id, key_id=self.key_id, endpoint=self.endpoint, provider=provider.kind,
             model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             usage_estimated=usage.estimated, cost_usd=cost, latency_ms=round((time.monotonic() - started) * 1000),
             attempts=attempts, outcome=outcome, error=error)
-        await accounting.record(self.pool, call)
+        self.gateway.recorder.submit(call)
         return cost
 
     async def complete(self, messages: Sequence[dict], *, model: str | None = None, temperature: float | None = None,
@@ -253,7 +256,7 @@ class CallContext:
                     **_request_options(model_name, messages, temperature, max_tokens, json_object))
             except openai.OpenAIError as exc:
                 failure = classify(exc)
-                await self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
+                self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
                 log.warning("LLM call failed: %s via %s provider after %d attempt(s)", failure.detail, provider.kind,
                             counter[0])
                 if not failure.may_fall_back:
@@ -268,9 +271,9 @@ class CallContext:
             try:
                 value = parse(text) if parse else None
             except BadOutput as exc:
-                await self.record(provider, used_model, usage, started, counter[0], "bad_output", str(exc)[:200])
+                self.record(provider, used_model, usage, started, counter[0], "bad_output", str(exc)[:200])
                 raise
-            cost = await self.record(provider, used_model, usage, started, counter[0], "ok")
+            cost = self.record(provider, used_model, usage, started, counter[0], "ok")
             return Completion(text, used_model, usage, cost, provider.kind, value)
         assert failure is not None
         raise failure.error()
@@ -306,7 +309,7 @@ class CallContext:
                     stream=True, stream_options={"include_usage": True})
             except openai.OpenAIError as exc:
                 failure = classify(exc)
-                await self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
+                self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
                 if not failure.may_fall_back:
                     break
                 continue
@@ -357,5 +360,5 @@ class LLMStream:
             await self._raw.close()
         except Exception:  # the connection is going away anyway
             log.debug("closing the upstream stream failed", exc_info=True)
-        return await self.ctx.record(self.provider, self.model, self.usage, self._started, self._attempts,
+        return self.ctx.record(self.provider, self.model, self.usage, self._started, self._attempts,
                                      outcome, error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from typing import Any
 
@@ -63,9 +64,15 @@ async def auth(factory) -> dict[str, str]:
     return headers
 
 
-async def llm_calls(db, tenant_id) -> list[dict]:
-    """The tenant's accounted LLM calls, oldest first."""
-    return [dict(r) for r in await db.fetch("SELECT * FROM llm_calls WHERE tenant_id = $1 ORDER BY id", tenant_id)]
+async def llm_calls(db, tenant_id, count: int = 1, timeout: float = 5.0) -> list[dict]:
+    """The tenant's accounted LLM calls, oldest first, once ``count`` of them are in
+    (the app writes them in the background, just after answering)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        rows = await db.fetch("SELECT * FROM llm_calls WHERE tenant_id = $1 ORDER BY id", tenant_id)
+        if len(rows) >= count or asyncio.get_running_loop().time() > deadline:
+            return [dict(r) for r in rows]
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

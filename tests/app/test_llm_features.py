@@ -44,7 +44,7 @@ async def test_a_bad_reply_is_retried_once(client, factory, db, fresh_llm):
     resp = await client.post("/api/v1/gpt/presentation", json={"topic": "Sets", "num_slides": 1}, headers=auth)
     assert resp.status == 200
     assert (await resp.json())["slides"] == DEFAULT_JSON["slides"][:1]
-    calls = await llm_calls(db, tenant["id"])
+    calls = await llm_calls(db, tenant["id"], 2)
     assert [(c["endpoint"], c["outcome"]) for c in calls] == [("gpt/presentation", "bad_output"),
                                                             ("gpt/presentation", "ok")]
     assert calls[0]["input_tokens"] > 0  # the unusable reply's tokens are accounted too
@@ -58,7 +58,7 @@ async def test_two_bad_replies_are_502_llm_bad_output(client, factory, db, fresh
     error = (await resp.json())["error"]
     assert error["code"] == "llm_bad_output" and "2 slides instead of 3" in error["message"]
     assert len(fresh_llm.requests()) == 2
-    assert [c["outcome"] for c in await llm_calls(db, tenant["id"])] == ["bad_output", "bad_output"]
+    assert [c["outcome"] for c in await llm_calls(db, tenant["id"], 2)] == ["bad_output", "bad_output"]
 
 
 @pytest.mark.parametrize("body, field", [({"topic": "x"}, "num_slides"), ({"topic": "x", "num_slides": 0}, "num_slides"),
@@ -223,7 +223,7 @@ async def test_cost_report_groups_and_totals(client, factory, db, fresh_llm):
     await client.post("/api/v1/gpt", json={"prompt": "three", "model": "gpt-4o"}, headers=auth)
     await client.post("/api/v1/gpt/improve", json={"text": "four five six"},
                       headers={"X-API-Key": second_key["key"]})
-    calls = await llm_calls(db, tenant["id"])
+    calls = await llm_calls(db, tenant["id"], 3)
     total_cost = float(sum(c["cost_usd"] for c in calls))
     total = {"calls": 3, "input_tokens": sum(c["input_tokens"] for c in calls),
              "output_tokens": sum(c["output_tokens"] for c in calls), "cost_usd": pytest.approx(total_cost)}

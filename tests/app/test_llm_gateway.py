@@ -125,7 +125,7 @@ async def test_fallback_takes_over_after_the_retries(make_client, factory, db, f
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["model"] == "fake-small"
     assert len(fresh_llm.requests()) == 2 and len(fresh_backup.requests()) == 1
-    calls = await llm_calls(db, tenant["id"])
+    calls = await llm_calls(db, tenant["id"], 2)
     assert [(c["provider"], c["outcome"], c["attempts"]) for c in calls] == \
         [("default", "provider_error", 2), ("fallback", "ok", 1)]
 
@@ -194,7 +194,7 @@ async def test_llm_prices_extend_the_built_in_table(make_client, factory, db, fr
     assert body["cost_usd"] == pytest.approx(0.015)  # (3 * 1000 + 6 * 2000) / 1e6
     resp = await client.post("/api/v1/gpt", json={"prompt": "one"}, headers=auth)
     assert (await resp.json())["cost_usd"] == pytest.approx(5e-6)  # overridden: (1 + 4) * 1 / 1e6
-    assert [c["cost_usd"] for c in await llm_calls(db, tenant["id"])] == [Decimal("0.015"), Decimal("0.000005")]
+    assert [c["cost_usd"] for c in await llm_calls(db, tenant["id"], 2)] == [Decimal("0.015"), Decimal("0.000005")]
 
 
 # --- streaming ------------------------------------------------------------------------
