@@ -171,6 +171,10 @@ class Gateway:
         await self.recorder.drain()
         await self._http.aclose()
 
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
     def client(self, provider: Provider) -> openai.AsyncOpenAI:
         """The provider's client, made once and kept (the tenants' in an LRU)."""
         ident = (provider.base_url, hashlib.sha256(provider.api_key.encode()).digest())

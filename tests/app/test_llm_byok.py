@@ -9,6 +9,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from app import admin
+from app.keys import llm_key
 from tests.app.conftest import llm_calls
 from tests.support.llm_server import LLMServer
 
@@ -67,10 +68,14 @@ async def test_the_tenants_calls_go_to_its_provider_and_others_are_unaffected(by
     assert len(fresh_llm.requests()) == 1 and len(own_llm.requests()) == 1
     assert fresh_llm.requests()[0]["authorization_prefix"] != TENANT_API_KEY[:8]
 
+    await byok_client.post("/api/v1/gpt", json={"prompt": "Mine again"}, headers=auth)
+    assert len(own_llm.requests()) == 2
+    assert byok_client.app[llm_key].client_count == 2  # the server's and the tenant's, each made once
+
     # Back to the server's provider.
     await byok_client.delete("/api/v1/settings/llm", headers=auth)
-    await byok_client.post("/api/v1/gpt", json={"prompt": "Mine again"}, headers=auth)
-    assert len(fresh_llm.requests()) == 2 and len(own_llm.requests()) == 1
+    await byok_client.post("/api/v1/gpt", json={"prompt": "Mine, later"}, headers=auth)
+    assert len(fresh_llm.requests()) == 2 and len(own_llm.requests()) == 2
 
 
 async def test_a_failing_own_provider_does_not_fall_back_to_the_servers(make_client, factory, own_llm, fresh_llm):

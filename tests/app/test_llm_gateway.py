@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from app.keys import llm_key
 from tests.app.conftest import llm_calls
 from tests.support.llm_server import LLMServer
 
@@ -54,6 +55,14 @@ async def test_gpt_answers_and_accounts_the_call(client, factory, db, fresh_llm)
         ("gpt", "default", "gpt-4o-mini", "ok", 1)
     assert (call["input_tokens"], call["output_tokens"], call["cost_usd"]) == (5, 6, cost)
     assert call["key_id"] is not None and call["latency_ms"] >= 0 and not call["usage_estimated"]
+
+
+async def test_one_client_per_provider_serves_every_request(client, auth, fresh_llm):
+    gateway = client.app[llm_key]
+    made = gateway.client(gateway.default)
+    for _ in range(3):
+        assert (await client.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)).status == 200
+    assert gateway.client(gateway.default) is made and gateway.client_count == 1
 
 
 async def test_request_options_reach_the_provider(client, auth, fresh_llm):
