@@ -63,39 +63,6 @@ async def list_materials(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_
     return [dict(r) for r in rows]
 
 
-# Materials whose text the LLM can read as is (course structure generation).
-TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
-TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-
-
-async def text_materials(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> list[dict]:
-    """The course's plain-text and Markdown materials, oldest first, with their object keys."""
-    rows = await conn.fetch(
-        """SELECT filename, object_key, size_bytes FROM materials
-           WHERE course_id = $1 AND tenant_id = $2
-             AND (split_part(content_type, ';', 1) = ANY($3::text[])
-                  OR (split_part(content_type, ';', 1) = 'application/octet-stream'
-                      AND lower(filename) ~ ('(' || array_to_string($4::text[], '|') || ')$')))
-           ORDER BY created_at, id""",
-        course_id, tenant_id, list(TEXT_TYPES), [s.replace(".", "\\.") for s in TEXT_SUFFIXES])
-    return [dict(r) for r in rows]
-
-
-async def read_texts(storage, rows: list[dict], budget_chars: int) -> list[tuple[str, str]]:
-    """(filename, text) of text materials, oldest first, until ``budget_chars`` are used;
-    only the first bytes of each object are fetched (a ranged GET)."""
-    texts = []
-    for row in rows:
-        if budget_chars <= 0:
-            break
-        head = await storage.read_head(row["object_key"], min(budget_chars, row["size_bytes"]) or 1)
-        text = head.decode("utf-8", errors="ignore").strip()
-        if text:
-            texts.append((row["filename"], text[:budget_chars]))
-            budget_chars -= len(text)
-    return texts
-
-
 async def get_material(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID,
                        material_id: uuid.UUID) -> dict[str, Any]:
     row = await conn.fetchrow(

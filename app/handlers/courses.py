@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp_apispec import docs, querystring_schema, request_schema, response_schema
 
-from .. import courses, materials
+from .. import courses, material_text, materials
 from ..auth import caller
 from ..db import acquire
 from ..jsonutil import json_response
@@ -91,7 +91,7 @@ async def put_structure(request: web.Request) -> web.Response:
 
 @api_endpoint("prep", tags=TAGS, summary="Generate a course's modules and lessons with the LLM",
               errors=(400, 404, 415, 422, 502, 504),
-              description="From the course's title and description, its plain-text and Markdown materials "
+              description="From the course's title and description, its plain-text, Markdown and PDF materials "
                           f"(up to about {tasks.MATERIAL_TOKENS} tokens, oldest first) and optional instructions. "
                           "The result replaces the structure, as with PUT.")
 @request_schema(GenerateStructureSchema, locations=["json"], required=False)
@@ -101,8 +101,8 @@ async def generate_structure(request: web.Request) -> web.Response:
     tenant_id = caller(request).tenant_id
     async with acquire(request) as conn:
         course = await courses.get_course(conn, tenant_id, course_id)
-        sources = await materials.text_materials(conn, tenant_id, course_id)
-    texts = await materials.read_texts(request.app[storage_key], sources, tasks.MATERIAL_TOKENS * CHARS_PER_TOKEN)
+        sources = await material_text.readable_materials(conn, tenant_id, course_id)
+    texts = await material_text.read_texts(request.app[storage_key], sources, tasks.MATERIAL_TOKENS * CHARS_PER_TOKEN)
     ctx = await call_context(request, "structure")
     instructions = request.get("data", {}).get("instructions")
     answer = await ctx.complete_json(tasks.structure_messages(course, texts, instructions), tasks.parse_structure)

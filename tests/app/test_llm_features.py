@@ -104,6 +104,43 @@ async def test_structure_is_generated_from_the_course_and_its_text_materials(cli
     assert detail["content"] == "What the course covers."
 
 
+def make_pdf(*pages: str) -> bytes:
+    """A minimal PDF with one line of text per page (Helvetica), offsets computed exactly."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", None, "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objects)} 0 R "
+                       "/Resources << /Font << /F1 3 0 R >> >> >>")
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+async def test_pdf_materials_are_read_and_broken_ones_left_out(client, auth, fresh_llm):
+    course = await make_course(client, auth)
+    base = f"/api/v1/courses/{course['id']}"
+    for name, body in (("slides.pdf", make_pdf("Vectors and matrices", "Eigenvalues explained")),
+                       ("broken.pdf", b"%PDF-1.4 this is not really a PDF")):
+        resp = await client.post(f"{base}/materials?filename={name}", data=body,
+                                 headers={**auth, "Content-Type": "application/pdf"})
+        assert resp.status == 201
+    resp = await client.post(f"{base}/structure", json={}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    prompt = fresh_llm.requests()[0]["body"]["messages"][-1]["content"]
+    assert "Vectors and matrices" in prompt and "Eigenvalues explained" in prompt
+    assert "broken.pdf" not in prompt
+
+
 async def test_structure_generation_without_a_body_or_materials(client, auth, fresh_llm):
     course = await make_course(client, auth)
     resp = await client.post(f"/api/v1/courses/{course['id']}/structure", headers=auth)

@@ -1,0 +1,85 @@
+"""The text of a course's materials, for the LLM (structure generation).
+
+Plain text and Markdown are read as they are; PDFs through pypdf, page by page
+until the budget is used. Only the first bytes of a text file are fetched (a
+ranged GET); a PDF must be read whole, so PDFs above ``PDF_MAX_BYTES`` are left
+out, as is any file that cannot be read (logged, never fatal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import uuid
+
+import asyncpg
+from pypdf import PdfReader
+from pypdf.errors import PyPdfError
+
+log = logging.getLogger("app.materials")
+
+TEXT_TYPES = ("text/plain", "text/markdown", "text/x-markdown")
+PDF_TYPE = "application/pdf"
+# A file stored as application/octet-stream still counts by its name.
+SUFFIXES = {".txt": "text/plain", ".md": "text/markdown", ".markdown": "text/markdown", ".pdf": PDF_TYPE}
+PDF_MAX_BYTES = 64 << 20
+
+
+def kind_of(content_type: str, filename: str) -> str | None:
+    """"text", "pdf" or None (not readable for the LLM)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/octet-stream":
+        media = next((t for suffix, t in SUFFIXES.items() if filename.lower().endswith(suffix)), media)
+    if media in TEXT_TYPES:
+        return "text"
+    return "pdf" if media == PDF_TYPE else None
+
+
+async def readable_materials(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> list[dict]:
+    """The course's text, Markdown and PDF materials, oldest first, with their object keys."""
+    rows = await conn.fetch(
+        """SELECT filename, content_type, object_key, size_bytes FROM materials
+           WHERE course_id = $1 AND tenant_id = $2 ORDER BY created_at, id""", course_id, tenant_id)
+    return [dict(r, kind=kind) for r in rows if (kind := kind_of(r["content_type"], r["filename"]))]
+
+
+def pdf_text(data: bytes, budget_chars: int) -> str:
+    parts, used = [], 0
+    for page in PdfReader(io.BytesIO(data)).pages:
+        text = (page.extract_text() or "").strip()
+        if text:
+            parts.append(text)
+            used += len(text)
+        if used >= budget_chars:
+            break
+    return "\n\n".join(parts)
+
+
+async def _text_of(storage, row: dict, budget_chars: int) -> str:
+    if row["kind"] == "text":
+        head = await storage.read_head(row["object_key"], min(budget_chars, row["size_bytes"]) or 1)
+        return head.decode("utf-8", errors="ignore")
+    if row["size_bytes"] > PDF_MAX_BYTES:
+        log.info("PDF %r left out of the LLM's input: %d bytes is over %d", row["filename"], row["size_bytes"],
+                 PDF_MAX_BYTES)
+        return ""
+    data = await storage.read_head(row["object_key"], row["size_bytes"] or 1)
+    try:
+        return await asyncio.to_thread(pdf_text, data, budget_chars)
+    except (PyPdfError, ValueError, KeyError, TypeError) as exc:  # a broken or encrypted PDF
+        log.warning("PDF %r left out of the LLM's input: %s", row["filename"], exc)
+        return ""
+
+
+async def read_texts(storage, rows: list[dict], budget_chars: int) -> list[tuple[str, str]]:
+    """(filename, text) of readable materials, oldest first, until ``budget_chars`` are used."""
+    texts = []
+    for row in rows:
+        if budget_chars <= 0:
+            break
+        text = (await _text_of(storage, row, budget_chars)).strip()[:budget_chars]
+        if text:
+            texts.append((row["filename"], text))
+            budget_chars -= len(text)
+    return texts
