@@ -1,7 +1,8 @@
 """`make dev`: a throwaway PostgreSQL + local S3 server + the app under gunicorn on localhost.
 
-Prints the URL and a demo API key; Ctrl-C stops everything and removes the
-temporary cluster.
+The LLM provider is the caller's when OPENAI_API_KEY is set, otherwise the local
+OpenAI-compatible test server. Prints the URL and a demo API key; Ctrl-C stops
+everything and removes the temporary cluster.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import signal
 import sys
 
 import asyncpg
+from cryptography.fernet import Fernet
 
 from app import tenants
 from app.migrate import apply_migrations
 
 from .gunicorn import Gunicorn
+from .llm_server import LLMServer
 from .pg import PostgresCluster
 from .s3 import S3Server, app_environment
 
@@ -35,12 +38,16 @@ async def _demo_key(database_url: str) -> str:
 
 
 def main() -> int:
-    with PostgresCluster(fast=False) as pg, S3Server() as s3:
+    with PostgresCluster(fast=False) as pg, S3Server() as s3, LLMServer() as llm:
         database_url = pg.create_database("course_supporter")
         apply_migrations(database_url)
         bucket = s3.create_bucket("course-supporter-dev")
         key = asyncio.run(_demo_key(database_url))
-        env = app_environment(database_url, s3, bucket, LOG_LEVEL=os.environ.get("LOG_LEVEL", "INFO"))
+        llm_env = {} if os.environ.get("OPENAI_API_KEY") else {"OPENAI_API_KEY": "sk-dev",
+                                                                "OPENAI_BASE_URL": llm.base_url}
+        env = app_environment(database_url, s3, bucket, LOG_LEVEL=os.environ.get("LOG_LEVEL", "INFO"),
+                              APP_ENCRYPTION_KEY=os.environ.get("APP_ENCRYPTION_KEY") or Fernet.generate_key().decode(),
+                              **llm_env)
         with Gunicorn(env, workers=2, port=PORT) as server:
             url = server.url
             print(f"""
@@ -48,9 +55,12 @@ Course Supporter is running (Ctrl-C stops it and removes its data).
   API:        {url}/api/v1/courses
   Swagger UI: {url}/docs
   Demo key:   {key}
+  LLM:        {env.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_BASE_URL", "OpenAI")}
   Logs:       {server.log_path}
   Try:        curl -s -H 'X-API-Key: {key}' -H 'Content-Type: application/json' \\
                    -d '{{"title": "Algebra"}}' {url}/api/v1/courses
+              curl -sN -H 'X-API-Key: {key}' -H 'Content-Type: application/json' \\
+                   -d '{{"prompt": "Hello", "stream": true}}' {url}/api/v1/gpt
 """, flush=True)
             try:
                 while True:
