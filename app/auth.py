@@ -32,6 +32,7 @@ class Caller:
     key_id: uuid.UUID
     key_prefix: str
     scope: str
+    tenant_llm: dict | None = None  # the tenant's own LLM provider (BYOK), as stored
 
 
 caller_key: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
@@ -73,7 +74,8 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise Forbidden(f"This endpoint needs an API key with the {' or '.join(scopes)} scope.",
                         code="insufficient_scope")
 
-    request[caller_key] = Caller(decision.tenant_id, decision.key_id, decision.key_prefix, decision.scope)
+    request[caller_key] = Caller(decision.tenant_id, decision.key_id, decision.key_prefix, decision.scope,
+                                 decision.tenant_llm)
     log.tenant_id_var.set(str(decision.tenant_id))
     log.key_prefix_var.set(decision.key_prefix)
     request[ratelimit_headers_key] = decision.headers()

@@ -11,7 +11,8 @@ transaction's start, which for a request that queued on the row lock can be
 slightly before the window it lands in: elapsed time is clamped at zero, so
 such a request counts in that window instead of resetting it. The key lookup,
 the scope decision and the counter update are ONE statement, hence one round
-trip per request; the ``INSERT ... ON CONFLICT DO UPDATE`` row lock makes
+trip per request (it also brings the tenant's own LLM provider, if any, so that
+LLM calls need no lookup of their own); the ``INSERT ... ON CONFLICT DO UPDATE`` row lock makes
 concurrent requests from any number of workers queue on the counter row, so
 exactly ``limit`` requests of a burst are admitted.
 """
@@ -30,12 +31,14 @@ WINDOW_S = 60
 AUTHENTICATE_SQL = """
 WITH key AS (
     SELECT k.id, k.tenant_id, k.key_prefix, k.key_hash,
+           s.base_url AS llm_base_url, s.model AS llm_model, s.api_key_encrypted AS llm_api_key_encrypted,
            k.is_active AND t.is_active AND (k.expires_at IS NULL OR k.expires_at > now()) AS usable,
            CASE WHEN 'check' = ANY($2::text[]) AND 'check' = ANY(k.scopes) THEN 'check'
                 WHEN 'prep' = ANY($2::text[]) AND 'prep' = ANY(k.scopes) THEN 'prep'
            END AS scope,
            k.rate_limit_prep, k.rate_limit_check
     FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         LEFT JOIN tenant_llm_settings s ON s.tenant_id = k.tenant_id
     WHERE k.key_hash = $1
 ),
 admitted AS (
@@ -72,6 +75,7 @@ touched AS (
       AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
 )
 SELECT key.id, key.tenant_id, key.key_prefix, key.key_hash, key.usable, key.scope,
+       key.llm_base_url, key.llm_model, key.llm_api_key_encrypted,
        admitted.lim, hit.allowed, hit.curr_count, hit.prev_count, hit.elapsed
 FROM key LEFT JOIN admitted ON true LEFT JOIN hit ON true
 """
@@ -85,6 +89,8 @@ class Decision:
     tenant_id: uuid.UUID | None = None
     key_prefix: str | None = None
     key_hash: bytes | None = None
+    # The tenant's own LLM provider (BYOK), read in the same round trip: {base_url, model, api_key_encrypted}.
+    tenant_llm: dict | None = None
     found: bool = False
     usable: bool = False
     scope: str | None = None
@@ -127,8 +133,11 @@ async def authenticate(conn: asyncpg.Connection, key_hash: bytes, scopes: Sequen
     row = await conn.fetchrow(AUTHENTICATE_SQL, key_hash, list(scopes), WINDOW_S)
     if row is None:
         return Decision()
+    tenant_llm = ({"base_url": row["llm_base_url"], "model": row["llm_model"],
+                   "api_key_encrypted": row["llm_api_key_encrypted"]} if row["llm_base_url"] else None)
     common = dict(key_id=row["id"], tenant_id=row["tenant_id"], key_prefix=row["key_prefix"],
-                  key_hash=bytes(row["key_hash"]), found=True, usable=row["usable"], scope=row["scope"])
+                  key_hash=bytes(row["key_hash"]), tenant_llm=tenant_llm, found=True, usable=row["usable"],
+                  scope=row["scope"])
     if row["allowed"] is None:  # unusable key or no matching scope: nothing was counted
         return Decision(**common)
     limit, prev, curr, elapsed = row["lim"], row["prev_count"], row["curr_count"], row["elapsed"]

@@ -103,7 +103,7 @@ async def generate_structure(request: web.Request) -> web.Response:
         course = await courses.get_course(conn, tenant_id, course_id)
         sources = await material_text.readable_materials(conn, tenant_id, course_id)
     texts = await material_text.read_texts(request.app[storage_key], sources, tasks.MATERIAL_TOKENS * CHARS_PER_TOKEN)
-    ctx = await call_context(request, "structure")
+    ctx = call_context(request, "structure")
     instructions = request.get("data", {}).get("instructions")
     answer = await ctx.complete_json(tasks.structure_messages(course, texts, instructions), tasks.parse_structure)
     async with acquire(request) as conn:

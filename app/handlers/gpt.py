@@ -39,7 +39,7 @@ async def gpt(request: web.Request) -> web.StreamResponse:
     messages = ([{"role": "system", "content": data["system_prompt"]}] if data["system_prompt"] else []) + \
         [{"role": "user", "content": data["prompt"]}]
     options = {"model": data["model"], "temperature": data["temperature"], "max_tokens": data["max_tokens"]}
-    ctx = await call_context(request, "gpt")
+    ctx = call_context(request, "gpt")
     if data["stream"]:
         return await _stream(request, await ctx.open_stream(messages, **options))
     answer = await ctx.complete(messages, **options)
@@ -77,7 +77,7 @@ async def _stream(request: web.Request, stream: LLMStream) -> web.StreamResponse
 @response_schema(PresentationSchema, 200)
 async def presentation(request: web.Request) -> web.Response:
     data = request["data"]
-    ctx = await call_context(request, "gpt/presentation")
+    ctx = call_context(request, "gpt/presentation")
     answer = await ctx.complete_json(tasks.presentation_messages(data["topic"], data["num_slides"]),
                                      lambda reply: tasks.parse_presentation(reply, data["num_slides"]))
     return json_response({"slides": answer.value})
@@ -87,6 +87,6 @@ async def presentation(request: web.Request) -> web.Response:
 @request_schema(ImproveRequestSchema, locations=["json"], required=True)
 @response_schema(ImproveSchema, 200)
 async def improve(request: web.Request) -> web.Response:
-    ctx = await call_context(request, "gpt/improve")
+    ctx = call_context(request, "gpt/improve")
     answer = await ctx.complete_valid(tasks.improve_messages(request["data"]["text"]), non_blank)
     return json_response({"text": answer.text})

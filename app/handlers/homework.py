@@ -36,7 +36,7 @@ async def check_homework(request: web.Request) -> web.Response:
             raise ValidationFailed("The lesson is not part of this course.",
                                    details={"lesson_id": ["No such lesson in this course."]}) from None
     pass_score = tasks.PASS_SCORE if lesson["pass_score"] is None else lesson["pass_score"]
-    ctx = await call_context(request, "check-homework")
+    ctx = call_context(request, "check-homework")
     answer = await ctx.complete_json(tasks.homework_messages(lesson, data["submission"], pass_score),
                                      tasks.parse_homework)
     score, feedback = answer.value

@@ -7,9 +7,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from ..auth import caller
-from ..db import acquire
 from ..keys import db_pool_key, llm_key, settings_key
-from . import byok
 from .gateway import CallContext, Gateway
 
 
@@ -20,10 +18,9 @@ async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[llm_key].close()
 
 
-async def call_context(request: web.Request, endpoint: str) -> CallContext:
-    """The calls of this request: the caller's tenant pays, along its provider route."""
+def call_context(request: web.Request, endpoint: str) -> CallContext:
+    """The calls of this request: the caller's tenant pays, along its provider route
+    (its own provider came with the authentication, in the same round trip)."""
     who = caller(request)
-    async with acquire(request) as conn:
-        own = await byok.get_settings(conn, who.tenant_id)
     gateway = request.app[llm_key]
-    return CallContext(gateway, who.tenant_id, who.key_id, endpoint, gateway.route(own))
+    return CallContext(gateway, who.tenant_id, who.key_id, endpoint, gateway.route(who.tenant_llm))
