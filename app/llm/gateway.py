@@ -210,9 +210,9 @@ class Gateway:
         return route
 
 
-def _request_options(model: str, messages: Sequence[dict], temperature: float | None, max_tokens: int | None,
+def _request_options(messages: Sequence[dict], temperature: float | None, max_tokens: int | None,
                      json_object: bool) -> dict[str, Any]:
-    options: dict[str, Any] = {"model": model, "messages": list(messages)}
+    options: dict[str, Any] = {"messages": list(messages)}
     if temperature is not None:
         options["temperature"] = temperature
     if max_tokens is not None:
@@ -244,11 +244,9 @@ class CallContext:
         self.gateway.recorder.submit(call)
         return cost
 
-    async def complete(self, messages: Sequence[dict], *, model: str | None = None, temperature: float | None = None,
-                       max_tokens: int | None = None, json_object: bool = False,
-                       parse: Callable[[str], Any] | None = None) -> Completion:
-        """One chat completion along the route. ``parse`` turns the text into a value or
-        raises ``BadOutput`` (recorded as such, then ``LLMBadOutput``)."""
+    async def _send(self, model: str | None, **options) -> tuple[Provider, str, Any, float, int]:
+        """The request along the route, each provider with its own retries: the first
+        answer wins (provider, model, reply, start time, attempts); the last failure raises."""
         failure: Failure | None = None
         for provider in self.route:
             model_name = provider.model_for(model)
@@ -256,8 +254,8 @@ class CallContext:
             token = _ATTEMPTS.set(counter)
             started = time.monotonic()
             try:
-                reply = await self.gateway.client(provider).chat.completions.create(
-                    **_request_options(model_name, messages, temperature, max_tokens, json_object))
+                reply = await self.gateway.client(provider).chat.completions.create(model=model_name, **options)
+                return provider, model_name, reply, started, counter[0]
             except openai.OpenAIError as exc:
                 failure = classify(exc)
                 self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
@@ -265,22 +263,29 @@ class CallContext:
                             counter[0])
                 if not failure.may_fall_back:
                     break
-                continue
             finally:
                 _ATTEMPTS.reset(token)
-            text = (reply.choices[0].message.content or "") if reply.choices else ""
-            usage = (Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0) if reply.usage
-                     else Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
-            used_model = reply.model or model_name
-            try:
-                value = parse(text) if parse else None
-            except BadOutput as exc:
-                self.record(provider, used_model, usage, started, counter[0], "bad_output", str(exc)[:200])
-                raise
-            cost = self.record(provider, used_model, usage, started, counter[0], "ok")
-            return Completion(text, used_model, usage, cost, provider.kind, value)
         assert failure is not None
         raise failure.error()
+
+    async def complete(self, messages: Sequence[dict], *, model: str | None = None, temperature: float | None = None,
+                       max_tokens: int | None = None, json_object: bool = False,
+                       parse: Callable[[str], Any] | None = None) -> Completion:
+        """One chat completion along the route. ``parse`` turns the text into a value or
+        raises ``BadOutput`` (recorded as such, then ``LLMBadOutput``)."""
+        provider, model_name, reply, started, attempts = await self._send(
+            model, **_request_options(messages, temperature, max_tokens, json_object))
+        text = (reply.choices[0].message.content or "") if reply.choices else ""
+        usage = (Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0) if reply.usage
+                 else Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
+        used_model = reply.model or model_name
+        try:
+            value = parse(text) if parse else None
+        except BadOutput as exc:
+            self.record(provider, used_model, usage, started, attempts, "bad_output", str(exc)[:200])
+            raise
+        cost = self.record(provider, used_model, usage, started, attempts, "ok")
+        return Completion(text, used_model, usage, cost, provider.kind, value)
 
     async def complete_valid(self, messages: Sequence[dict], parse: Callable[[str], Any], *,
                              json_object: bool = False, **options) -> Completion:
@@ -301,27 +306,10 @@ class CallContext:
     async def open_stream(self, messages: Sequence[dict], *, model: str | None = None,
                           temperature: float | None = None, max_tokens: int | None = None) -> "LLMStream":
         """Start a streamed completion; errors before the first byte raise like ``complete``."""
-        failure: Failure | None = None
-        for provider in self.route:
-            model_name = provider.model_for(model)
-            counter = [0]
-            token = _ATTEMPTS.set(counter)
-            started = time.monotonic()
-            try:
-                raw = await self.gateway.client(provider).chat.completions.create(
-                    **_request_options(model_name, messages, temperature, max_tokens, False),
-                    stream=True, stream_options={"include_usage": True})
-            except openai.OpenAIError as exc:
-                failure = classify(exc)
-                self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
-                if not failure.may_fall_back:
-                    break
-                continue
-            finally:
-                _ATTEMPTS.reset(token)
-            return LLMStream(self, provider, model_name, raw, started, counter[0], estimate_tokens(messages))
-        assert failure is not None
-        raise failure.error()
+        provider, model_name, raw, started, attempts = await self._send(
+            model, **_request_options(messages, temperature, max_tokens, False),
+            stream=True, stream_options={"include_usage": True})
+        return LLMStream(self, provider, model_name, raw, started, attempts, estimate_tokens(messages))
 
 
 class LLMStream:
