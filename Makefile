@@ -1,5 +1,6 @@
 # Course Supporter — developer entry points. Run as root on Debian 12.
 #   make vps       a local VPS (systemd-nspawn) provisioned by playbooks/site.yml
+#   make vps-upgrade  deploy the checkout (or SOURCE=<dir>) to the running local VPS
 #   make vps-down  stop and remove it, and the host-side servers it uses
 #   make test   every test (installs what it needs first)
 #   make dev    the app on localhost with a throwaway Postgres and S3 server
@@ -15,13 +16,14 @@ TEST_USER  := cs-test
 APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk \
 	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl
 
-.PHONY: help deps apt-packages test-user test dev bench vps vps-down
+.PHONY: help deps apt-packages test-user test dev bench vps vps-upgrade vps-down
 
 help:
 	@echo "make test    run every test (installs prerequisites first)"
 	@echo "make dev     app on http://127.0.0.1:8080 with throwaway Postgres + S3 and a demo key"
 	@echo "make bench   run the benchmarks in tests/bench/"
 	@echo "make vps       boot and provision the local VPS; prints its URL and a demo key"
+	@echo "make vps-upgrade  deploy the checkout to the running local VPS (no request dropped)"
 	@echo "make vps-down  stop and remove the local VPS and its host-side servers"
 
 deps: apt-packages test-user $(VENV)/.installed
@@ -56,6 +58,11 @@ bench: deps
 
 vps: deps
 	$(VENV_PY) -m tests.localvps up
+
+# Re-deploy the checkout (or SOURCE=<dir>, another tree of this project) to the running local VPS;
+# ARGS="-e name=value" passes further arguments to ansible-playbook.
+vps-upgrade: deps
+	$(VENV_PY) -m tests.localvps upgrade $(if $(SOURCE),--source $(SOURCE)) -- $(ARGS)
 
 vps-down:
 	@if [ -x $(VENV_PY) ]; then $(VENV_PY) -m tests.localvps down; else echo "no venv: nothing was started"; fi

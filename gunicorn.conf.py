@@ -8,10 +8,11 @@ import sys
 
 from app.config import ConfigError, Settings
 from app.log import JsonLinesHandler
+from app.serve import GRACEFUL_TIMEOUT_S
 
 worker_class = "aiohttp.GunicornWebWorker"
 accesslog = None  # the app's middleware writes a JSON access line per request
-graceful_timeout = 30
+graceful_timeout = GRACEFUL_TIMEOUT_S
 
 _handler = {"()": JsonLinesHandler}
 logconfig_dict = {

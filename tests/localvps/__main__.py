@@ -1,4 +1,4 @@
-"""``python -m tests.localvps up|down|status`` (what ``make vps`` / ``make vps-down`` run)."""
+"""``python -m tests.localvps up|upgrade|down|status`` (``make vps``, ``make vps-upgrade``, ``make vps-down``)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,20 @@ Course Supporter local VPS is up ({elapsed:.0f} s).
     return 0
 
 
+def upgrade(source: str | None, extra_args: list[str]) -> int:
+    """Re-apply the playbook to the running VPS: a new release goes live with no
+    request dropped (socket activation), or the old one stays if it fails."""
+    if not VPS_JSON.exists() or machine.ssh("true", check=False, timeout=30).returncode != 0:
+        print("error: no local VPS is running: `make vps` first", file=sys.stderr)
+        return 1
+    extra = (["-e", f"app_source_dir={os.path.abspath(source)}"] if source else []) + extra_args
+    started = time.monotonic()
+    host.log("upgrading: ansible-playbook " + " ".join([*SITE, *extra]))
+    code = ansible_playbook(*SITE, *extra).returncode
+    host.log(f"upgrade {'failed' if code else 'done'} in {time.monotonic() - started:.0f} s")
+    return 1 if code else 0
+
+
 def down() -> int:
     state = host.load_state()
     machine.shutdown(state)
@@ -114,14 +128,20 @@ def status() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.localvps", description="The local VPS.")
-    parser.add_argument("command", choices=["up", "down", "status", "boot"])
-    command = parser.parse_args().command
+    parser.add_argument("command", choices=["up", "upgrade", "down", "status", "boot"])
+    parser.add_argument("--source", help="upgrade: deploy this tree instead of the checkout")
+    args, rest = parser.parse_known_args()  # upgrade: after "--", further ansible-playbook arguments
+    if rest and (rest[0] != "--" or args.command != "upgrade"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    command = args.command
     if os.geteuid() != 0:
         print("error: the local VPS needs root (network namespaces, systemd-nspawn)", file=sys.stderr)
         return 1
     if command == "boot":
         boot()
         return 0
+    if command == "upgrade":
+        return upgrade(args.source, rest[1:])
     return {"up": up, "down": down, "status": status}[command]()
 
 

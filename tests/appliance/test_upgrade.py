@@ -1,0 +1,137 @@
+"""Day-2 operations on the local VPS: deploys and reloads under load drop no request;
+a deploy that cannot migrate leaves the old release serving.
+
+Each check deploys a copy of the checkout with a changed version (what the OpenAPI
+document reports) through `make vps-upgrade SOURCE=<copy>`, while the load client
+hammers the API over HTTPS; the last one deploys the checkout itself again."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app import __version__
+from tests.localvps.layout import ROOT
+
+from .load import Load
+
+# What a deploy takes from a tree (the release, the unit and site templates).
+DEPLOYED = ["app", "migrations", "gunicorn.conf.py", "requirements.txt", "systemd", "nginx"]
+MIN_REQUESTS = 200
+
+
+@pytest.fixture(scope="module")
+def load_key(host) -> str:
+    """A key whose limits the load cannot reach (a 429 would count as a failure)."""
+    tenant = json.loads(host.check_output("course-supporter-admin tenant create 'Load test' --json"))
+    key = json.loads(host.check_output(
+        f"course-supporter-admin key issue {tenant['id']} --label load --rate-limit-prep 100000000 "
+        "--rate-limit-check 100000000 --json"))
+    return key["key"]
+
+
+def live_version(curl) -> str:
+    status, spec = curl.json("/api/docs/swagger.json")
+    assert status == 200
+    return spec["info"]["version"]
+
+
+def changed_tree(where: Path, version: str, *, failing_migration: bool = False, broken_app: bool = False) -> Path:
+    tree = where / "tree"
+    for name in DEPLOYED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            tree.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, tree / name)
+    init = tree / "app" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text()))
+    if failing_migration:
+        (tree / "migrations" / "9999.fails-on-purpose.sql").write_text("SELECT * FROM no_such_table;\n")
+    if broken_app:  # migrates fine, but no worker can load the app
+        with open(tree / "app" / "serve.py", "a") as f:
+            f.write('\nraise RuntimeError("a release that cannot start, on purpose")\n')
+    return tree
+
+
+def make_upgrade(source: Path | None = None, args: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "vps-upgrade", *([f"SOURCE={source}"] if source else []), f"ARGS={args}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def report(what: str, load: Load, seconds: float) -> None:
+    result = load.result
+    print(f"\n{what}: {result['requests']} requests in {seconds:.0f} s, {len(result['failed'])} failed, "
+          f"statuses {result['statuses']}")
+
+
+def test_a_deploy_under_load_drops_no_request_and_goes_live(vps, curl, load_key, tmp_path):
+    version = f"{__version__}+upgrade.{uuid.uuid4().hex[:8]}"
+    tree = changed_tree(tmp_path, version)
+    started = time.monotonic()
+    with Load(vps, load_key) as load:
+        upgrade = make_upgrade(tree)
+        time.sleep(2)  # still hammering the new release
+    report("deploy", load, time.monotonic() - started)
+    assert upgrade.returncode == 0, upgrade.stdout[-4000:] + upgrade.stderr[-2000:]
+    assert load.result["failed"] == [], load.result
+    assert load.result["requests"] >= MIN_REQUESTS
+    assert live_version(curl) == version
+
+
+def test_a_reload_under_load_drops_no_request(host, vps, load_key):
+    before = host.check_output("pgrep -f 'gunicorn.*create_app' | sort | tr '\\n' ' '")
+    started = time.monotonic()
+    with Load(vps, load_key) as load:
+        host.run_expect([0], "systemctl reload course-supporter")
+        time.sleep(8)  # new workers up, old ones gone
+    report("reload", load, time.monotonic() - started)
+    assert load.result["failed"] == [], load.result
+    assert load.result["requests"] >= MIN_REQUESTS
+    assert host.check_output("pgrep -f 'gunicorn.*create_app' | sort | tr '\\n' ' '") != before
+
+
+def test_a_deploy_whose_migration_fails_leaves_the_old_release_serving(vps, curl, load_key, tmp_path):
+    before = live_version(curl)
+    tree = changed_tree(tmp_path, f"{__version__}+doomed", failing_migration=True)
+    started = time.monotonic()
+    with Load(vps, load_key) as load:
+        upgrade = make_upgrade(tree)
+    report("failed deploy", load, time.monotonic() - started)
+    assert upgrade.returncode != 0
+    assert "no_such_table" in upgrade.stdout
+    assert load.result["failed"] == [], load.result
+    assert live_version(curl) == before
+
+
+def test_a_release_that_does_not_become_healthy_is_rolled_back(host, vps, curl, load_key, tmp_path):
+    before = live_version(curl)
+    tree = changed_tree(tmp_path, f"{__version__}+broken", broken_app=True)
+    started = time.monotonic()
+    with Load(vps, load_key) as load:
+        upgrade = make_upgrade(tree, "-e app_health_timeout_s=20")
+    report("unhealthy deploy", load, time.monotonic() - started)
+    assert upgrade.returncode != 0
+    assert "did not become healthy within 20 s; rolled back to" in upgrade.stdout
+    assert load.result["failed"] == [], load.result  # requests waited in the socket's backlog meanwhile
+    assert live_version(curl) == before
+    assert host.service("course-supporter").is_running
+
+
+def test_deploying_the_checkout_again_under_load(vps, curl, load_key):
+    started = time.monotonic()
+    with Load(vps, load_key) as load:
+        upgrade = make_upgrade()
+        time.sleep(2)
+    report("deploy of the checkout", load, time.monotonic() - started)
+    assert upgrade.returncode == 0, upgrade.stdout[-4000:]
+    assert load.result["failed"] == [], load.result
+    assert live_version(curl) == __version__
