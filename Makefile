@@ -1,6 +1,7 @@
 # Course Supporter — developer entry points. Run as root on Debian 12.
 #   make vps       a local VPS (systemd-nspawn) provisioned by playbooks/site.yml
 #   make vps-upgrade  deploy the checkout (or SOURCE=<dir>) to the running local VPS
+#   make vps-backup   back up its database into its S3 bucket now
 #   make vps-down  stop and remove it, and the host-side servers it uses
 #   make test   every test (installs what it needs first)
 #   make dev    the app on localhost with a throwaway Postgres and S3 server
@@ -16,7 +17,7 @@ TEST_USER  := cs-test
 APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk \
 	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl
 
-.PHONY: help deps apt-packages test-user test dev bench vps vps-upgrade vps-down
+.PHONY: help deps apt-packages test-user test dev bench vps vps-upgrade vps-backup vps-down
 
 help:
 	@echo "make test    run every test (installs prerequisites first)"
@@ -24,6 +25,7 @@ help:
 	@echo "make bench   run the benchmarks in tests/bench/"
 	@echo "make vps       boot and provision the local VPS; prints its URL and a demo key"
 	@echo "make vps-upgrade  deploy the checkout to the running local VPS (no request dropped)"
+	@echo "make vps-backup   back up the local VPS's database into its S3 bucket now"
 	@echo "make vps-down  stop and remove the local VPS and its host-side servers"
 
 deps: apt-packages test-user $(VENV)/.installed
@@ -63,6 +65,10 @@ vps: deps
 # ARGS="-e name=value" passes further arguments to ansible-playbook.
 vps-upgrade: deps
 	$(VENV_PY) -m tests.localvps upgrade $(if $(SOURCE),--source $(SOURCE)) -- $(ARGS)
+
+# A database backup of the running local VPS, now (playbooks/backup.yml).
+vps-backup: deps
+	$(VENV_PY) -m tests.localvps backup
 
 vps-down:
 	@if [ -x $(VENV_PY) ]; then $(VENV_PY) -m tests.localvps down; else echo "no venv: nothing was started"; fi

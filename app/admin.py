@@ -15,10 +15,11 @@ from typing import Any, Callable, Sequence
 
 import asyncpg
 
+from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.fernet import Fernet
 
-from . import tenants
-from .config import ConfigError, DatabaseSettings, encryption_keys_from_env
+from . import backup, tenants
+from .config import ConfigError, DatabaseSettings, Settings, encryption_keys_from_env
 from .llm import byok
 from .llm.byok import EncryptionUnavailable, KeyBox
 from .jsonutil import dumps
@@ -144,6 +145,22 @@ def cmd_encryption_rotate(args, settings):
     return asyncio.run(_with_connection(settings, rotate))
 
 
+def cmd_backup_create(args, settings):
+    try:
+        return backup.create(Settings.from_env(), args.keep_days)
+    except backup.BackupFailed as exc:
+        raise CommandError(str(exc)) from None
+    except (BotoCoreError, ClientError) as exc:
+        raise CommandError(f"the backup could not be stored: {exc}") from None
+
+
+def cmd_backup_list(args, settings):
+    try:
+        return backup.list_backups(Settings.from_env())
+    except (BotoCoreError, ClientError) as exc:
+        raise CommandError(f"the backups could not be listed: {exc}") from None
+
+
 NEEDS_NO_DATABASE = (cmd_encryption_new_key,)
 
 
@@ -223,6 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     encryption.add_parser("rotate", parents=[json_flag],
                           help="re-encrypt every stored provider key with the first APP_ENCRYPTION_KEY") \
         .set_defaults(func=cmd_encryption_rotate)
+
+    backups = commands.add_parser("backup", parents=[json_flag], help="database backups in the S3 bucket") \
+        .add_subparsers(dest="action", required=True, metavar="ACTION")
+    create_backup = backups.add_parser("create", parents=[json_flag],
+                                       help="pg_dump the database into the bucket under backups/")
+    create_backup.add_argument("--keep-days", type=_non_negative, default=14,
+                               help="then delete backups older than this many days (default 14)")
+    create_backup.set_defaults(func=cmd_backup_create)
+    backups.add_parser("list", parents=[json_flag], help="the backups in the bucket") \
+        .set_defaults(func=cmd_backup_list)
     return parser
 
 

@@ -103,6 +103,14 @@ def upgrade(source: str | None, extra_args: list[str]) -> int:
     return 1 if code else 0
 
 
+def backup() -> int:
+    """Take a database backup on the running VPS now (playbooks/backup.yml)."""
+    if not VPS_JSON.exists():
+        print("error: no local VPS is running: `make vps` first", file=sys.stderr)
+        return 1
+    return 1 if ansible_playbook("-i", "inventory/local", "playbooks/backup.yml").returncode else 0
+
+
 def down() -> int:
     state = host.load_state()
     machine.shutdown(state)
@@ -128,7 +136,7 @@ def status() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.localvps", description="The local VPS.")
-    parser.add_argument("command", choices=["up", "upgrade", "down", "status", "boot"])
+    parser.add_argument("command", choices=["up", "upgrade", "backup", "down", "status", "boot"])
     parser.add_argument("--source", help="upgrade: deploy this tree instead of the checkout")
     args, rest = parser.parse_known_args()  # upgrade: after "--", further ansible-playbook arguments
     if rest and (rest[0] != "--" or args.command != "upgrade"):
@@ -142,7 +150,7 @@ def main() -> int:
         return 0
     if command == "upgrade":
         return upgrade(args.source, rest[1:])
-    return {"up": up, "down": down, "status": status}[command]()
+    return {"up": up, "backup": backup, "down": down, "status": status}[command]()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Description: Course Supporter app check for Netdata's python.d plugin.
 # Installed by the netdata role. Reports whether the app's systemd unit is
-# active, whether its /health answers 200, and how many times systemd
-# restarted it after a failure in the last 10 minutes.
+# active, whether its /health answers 200, how many times systemd restarted it
+# after a failure in the last 10 minutes, and whether the last database backup
+# (course-supporter-backup.service) failed.
 
 import subprocess
 import time
@@ -14,7 +15,7 @@ from bases.FrameworkServices.SimpleService import SimpleService
 priority = 60000
 RESTART_WINDOW_S = 600
 
-ORDER = ['status', 'restarts']
+ORDER = ['status', 'restarts', 'backup']
 
 CHARTS = {
     'status': {
@@ -27,6 +28,11 @@ CHARTS = {
                     'course-supporter', 'course_supporter.restarts', 'line'],
         'lines': [['restarts_10m']],
     },
+    'backup': {
+        'options': [None, 'course-supporter: did the last database backup fail', 'failed', 'course-supporter',
+                    'course_supporter.backup', 'line'],
+        'lines': [['backup_failed']],
+    },
 }
 
 
@@ -37,6 +43,7 @@ class Service(SimpleService):
         self.definitions = CHARTS
         self.unit = self.configuration.get('unit', 'course-supporter.service')
         self.url = self.configuration.get('url', 'http://127.0.0.1:8000/health')
+        self.backup_unit = self.configuration.get('backup_unit', 'course-supporter-backup.service')
         self.timeout = float(self.configuration.get('timeout', 3))
         self.restart_events = []  # monotonic times at which NRestarts went up
         self.last_restarts = None
@@ -44,15 +51,25 @@ class Service(SimpleService):
     def check(self):
         return self._unit_state() is not None
 
-    def _unit_state(self):
+    def _show(self, unit, properties):
         try:
-            out = subprocess.run(['systemctl', 'show', self.unit, '--property=ActiveState,NRestarts'],
+            out = subprocess.run(['systemctl', 'show', unit, '--property=' + properties],
                                  capture_output=True, text=True, timeout=5).stdout
         except (OSError, subprocess.SubprocessError) as exc:
-            self.error('systemctl show {0}: {1}'.format(self.unit, exc))
+            self.error('systemctl show {0}: {1}'.format(unit, exc))
             return None
-        props = dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+        return dict(line.split('=', 1) for line in out.splitlines() if '=' in line)
+
+    def _unit_state(self):
+        props = self._show(self.unit, 'ActiveState,NRestarts')
+        if props is None:
+            return None
         return props.get('ActiveState', 'unknown'), int(props.get('NRestarts') or 0)
+
+    def _backup_failed(self):
+        """1 when the backup service's last run failed (a unit that never ran reports success)."""
+        props = self._show(self.backup_unit, 'Result,ActiveState') or {}
+        return int(props.get('ActiveState') == 'failed' or props.get('Result', 'success') != 'success')
 
     def _healthy(self):
         try:
@@ -81,4 +98,5 @@ class Service(SimpleService):
             'unit_active': unit_active,
             'healthy': healthy,
             'restarts_10m': self._count_restarts(restarts),
+            'backup_failed': self._backup_failed(),
         }
