@@ -14,7 +14,6 @@ import uuid
 from typing import Any, Callable, Sequence
 
 import asyncpg
-
 from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.fernet import Fernet
 
