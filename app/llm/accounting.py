@@ -50,7 +50,7 @@ async def record(pool: asyncpg.Pool, call: LLMCall) -> None:
     cannot take the row costs the row (logged in full), not the caller's answer."""
     fields = asdict(call)
     log.info("llm call %s %s via %s: %s", call.endpoint, call.model, call.provider, call.outcome,
-             extra={"llm": {**{k: str(v) if isinstance(v, (uuid.UUID, Decimal)) else v for k, v in fields.items()}}})
+             extra={"llm": {k: str(v) if isinstance(v, (uuid.UUID, Decimal)) else v for k, v in fields.items()}})
     try:
         async with pool.acquire(timeout=RECORD_TIMEOUT_S) as conn:
             await conn.execute(_INSERT, *fields.values(), timeout=RECORD_TIMEOUT_S)

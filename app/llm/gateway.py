@@ -1,8 +1,8 @@
 """The one way the app talks to LLM providers (OpenAI-compatible chat completions).
 
 * One ``httpx`` connection pool per worker, shared by one ``AsyncOpenAI`` client per
-  provider: the server's provider, its fallback, and tenants' own (BYOK), the
-  latter built on first use and kept in a small LRU -- never per request.
+  provider, made with the provider: the server's provider and its fallback at
+  start-up, tenants' own (BYOK) on first use, kept in a small LRU -- never per request.
 * Retries are the ``openai`` client's own: ``max_retries=LLM_MAX_RETRIES`` on
   connection errors, timeouts, 408/409/429 and 5xx, exponential backoff with
   jitter, honouring ``Retry-After``. An httpx request hook counts the attempts
@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -68,8 +67,7 @@ class BadOutput(ValueError):
 @dataclass(frozen=True)
 class Provider:
     kind: str  # "default", "fallback" or "tenant" (llm_calls.provider)
-    base_url: str
-    api_key: str = field(repr=False)
+    client: openai.AsyncOpenAI = field(repr=False, compare=False)  # holds the key; shares the worker's pool
     model: str  # used when the caller names no model
     pinned_model: str | None = None  # used whatever the caller names (LLM_FALLBACK_MODEL)
 
@@ -82,6 +80,11 @@ class Usage:
     input_tokens: int
     output_tokens: int
     estimated: bool = False
+
+    @classmethod
+    def reported(cls, usage) -> "Usage | None":
+        """The provider's own figures (an ``openai`` usage object), if it sent any."""
+        return cls(usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else None
 
 
 @dataclass(frozen=True)
@@ -156,39 +159,26 @@ class Gateway:
         timeout = httpx2.Timeout(settings.llm_timeout_s, connect=min(settings.llm_timeout_s, 10.0))
         self._http = openai.DefaultAsyncHttpxClient(timeout=timeout, event_hooks={"request": [_count_attempt]})
         self._timeout = timeout
-        self._clients: OrderedDict[tuple, openai.AsyncOpenAI] = OrderedDict()
         self._tenant_providers: OrderedDict[tuple, Provider] = OrderedDict()
-        self.default = (Provider("default", settings.openai_base_url, settings.openai_api_key, settings.llm_model)
-                        if settings.openai_api_key else None)
-        self.fallback = (Provider("fallback", settings.llm_fallback_base_url, settings.llm_fallback_api_key,
-                                  settings.llm_model, settings.llm_fallback_model)
+        self.default = (self._provider("default", settings.openai_base_url, settings.openai_api_key,
+                                       settings.llm_model) if settings.openai_api_key else None)
+        self.fallback = (self._provider("fallback", settings.llm_fallback_base_url, settings.llm_fallback_api_key,
+                                        settings.llm_model, settings.llm_fallback_model)
                          if settings.llm_fallback_base_url else None)
-        for provider in (self.default, self.fallback):
-            if provider:
-                self.client(provider)
 
     async def close(self) -> None:
         await self.recorder.drain()
         await self._http.aclose()
 
+    def _provider(self, kind: str, base_url: str, api_key: str, model: str, pinned_model: str | None = None) -> Provider:
+        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=self.settings.llm_max_retries,
+                                    timeout=self._timeout, http_client=self._http)
+        return Provider(kind, client, model, pinned_model)
+
     @property
     def client_count(self) -> int:
-        return len(self._clients)
-
-    def client(self, provider: Provider) -> openai.AsyncOpenAI:
-        """The provider's client, made once and kept (the tenants' in an LRU)."""
-        ident = (provider.base_url, hashlib.sha256(provider.api_key.encode()).digest())
-        client = self._clients.get(ident)
-        if client is None:
-            client = openai.AsyncOpenAI(api_key=provider.api_key, base_url=provider.base_url,
-                                        max_retries=self.settings.llm_max_retries, timeout=self._timeout,
-                                        http_client=self._http)
-            self._clients[ident] = client
-            if len(self._clients) > TENANT_CLIENTS_KEPT + 2:
-                self._clients.popitem(last=False)
-        else:
-            self._clients.move_to_end(ident)
-        return client
+        """Clients made so far (and still kept): one per provider."""
+        return sum(p is not None for p in (self.default, self.fallback)) + len(self._tenant_providers)
 
     def route(self, tenant_settings: dict | None) -> list[Provider]:
         """Providers to try in order: the tenant's own, else the server's and its fallback."""
@@ -196,12 +186,14 @@ class Gateway:
             ident = (tenant_settings["base_url"], bytes(tenant_settings["api_key_encrypted"]), tenant_settings["model"])
             provider = self._tenant_providers.get(ident)
             if provider is None:
-                provider = Provider("tenant", tenant_settings["base_url"],
-                                    self.keybox.decrypt(tenant_settings["api_key_encrypted"]),
-                                    tenant_settings["model"] or self.settings.llm_model)
+                provider = self._provider("tenant", tenant_settings["base_url"],
+                                          self.keybox.decrypt(tenant_settings["api_key_encrypted"]),
+                                          tenant_settings["model"] or self.settings.llm_model)
                 self._tenant_providers[ident] = provider
                 if len(self._tenant_providers) > TENANT_CLIENTS_KEPT:
                     self._tenant_providers.popitem(last=False)
+            else:
+                self._tenant_providers.move_to_end(ident)
             return [provider]
         route = [p for p in (self.default, self.fallback) if p]
         if not route:
@@ -235,7 +227,7 @@ class CallContext:
     def record(self, provider: Provider, model: str, usage: Usage, started: float, attempts: int,
                outcome: str, error: str | None = None) -> Decimal:
         """Account for one provider call (written in the background) and return its cost."""
-        cost = self.gateway.prices.cost(model, usage.input_tokens, usage.output_tokens) if usage else Decimal(0)
+        cost = self.gateway.prices.cost(model, usage.input_tokens, usage.output_tokens)
         call = accounting.LLMCall(
             tenant_id=self.tenant_id, key_id=self.key_id, endpoint=self.endpoint, provider=provider.kind,
             model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
@@ -254,7 +246,7 @@ class CallContext:
             token = _ATTEMPTS.set(counter)
             started = time.monotonic()
             try:
-                reply = await self.gateway.client(provider).chat.completions.create(model=model_name, **options)
+                reply = await provider.client.chat.completions.create(model=model_name, **options)
                 return provider, model_name, reply, started, counter[0]
             except openai.OpenAIError as exc:
                 failure = classify(exc)
@@ -276,8 +268,8 @@ class CallContext:
         provider, model_name, reply, started, attempts = await self._send(
             model, **_request_options(messages, temperature, max_tokens, json_object))
         text = (reply.choices[0].message.content or "") if reply.choices else ""
-        usage = (Usage(reply.usage.prompt_tokens or 0, reply.usage.completion_tokens or 0) if reply.usage
-                 else Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
+        usage = (Usage.reported(reply.usage)
+                 or Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
         used_model = reply.model or model_name
         try:
             value = parse(text) if parse else None
@@ -328,8 +320,7 @@ class LLMStream:
         async for chunk in self._raw:
             if chunk.model:
                 self.model = chunk.model
-            if chunk.usage:
-                self._usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+            self._usage = Usage.reported(chunk.usage) or self._usage
             for choice in chunk.choices or ():
                 text = choice.delta.content if choice.delta else None
                 if text:
@@ -352,5 +343,4 @@ class LLMStream:
             await self._raw.close()
         except Exception:  # the connection is going away anyway
             log.debug("closing the upstream stream failed", exc_info=True)
-        return self.ctx.record(self.provider, self.model, self.usage, self._started, self._attempts,
-                                     outcome, error)
+        return self.ctx.record(self.provider, self.model, self.usage, self._started, self._attempts, outcome, error)

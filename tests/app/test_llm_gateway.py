@@ -59,10 +59,10 @@ async def test_gpt_answers_and_accounts_the_call(client, factory, db, fresh_llm)
 
 async def test_one_client_per_provider_serves_every_request(client, auth, fresh_llm):
     gateway = client.app[llm_key]
-    made = gateway.client(gateway.default)
+    made = gateway.default.client
     for _ in range(3):
         assert (await client.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)).status == 200
-    assert gateway.client(gateway.default) is made and gateway.client_count == 1
+    assert gateway.default.client is made and gateway.client_count == 1
 
 
 async def test_request_options_reach_the_provider(client, auth, fresh_llm):
