@@ -13,7 +13,7 @@ import boto3
 from tests.localvps.layout import HOST_ADDRESS, ROOT, S3_BUCKET, S3_CREDENTIALS, S3_PORT
 
 from .conftest import wait_for
-from .test_alerting import ALERT_WAIT_S
+from .test_alerting import ALERT_WAIT_S, _count, _messages
 
 
 def test_the_backup_timer_is_daily_with_a_random_delay(host):
@@ -42,11 +42,10 @@ def test_make_vps_backup_stores_a_restorable_dump(host):
 
 def test_a_failed_backup_alerts_telegram_and_recovers(host, vps):
     log = Path(vps["telegram_log"])
-    before = len(log.read_text().splitlines()) if log.exists() else 0
+    before = _count(log)
 
     def messages(word: str) -> list[dict]:
-        lines = log.read_text().splitlines()[before:] if log.exists() else []
-        return [m for m in map(json.loads, lines) if "backup" in m["text"] and word in m["text"].lower()]
+        return [m for m in _messages(log, before) if "backup" in m["text"] and word in m["text"].lower()]
 
     dropin = "/run/systemd/system/course-supporter-backup.service.d"
     host.run_expect([0], f"mkdir -p {dropin} && printf '[Service]\\nExecStart=\\nExecStart=/bin/sh -c "
