@@ -2,6 +2,7 @@
 #   make vps       a local VPS (systemd-nspawn) provisioned by playbooks/site.yml
 #   make vps-upgrade  deploy the checkout (or SOURCE=<dir>) to the running local VPS
 #   make vps-backup   back up its database into its S3 bucket now
+#   make vps-restore BACKUP=latest  restore its database from a backup in that bucket
 #   make vps-down  stop and remove it, and the host-side servers it uses
 #   make test   every test (installs what it needs first)
 #   make dev    the app on localhost with a throwaway Postgres and S3 server
@@ -17,7 +18,7 @@ TEST_USER  := cs-test
 APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk \
 	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl
 
-.PHONY: help deps apt-packages test-user test dev bench vps vps-upgrade vps-backup vps-down
+.PHONY: help deps apt-packages test-user test dev bench vps vps-upgrade vps-backup vps-restore vps-down
 
 help:
 	@echo "make test    run every test (installs prerequisites first)"
@@ -26,6 +27,7 @@ help:
 	@echo "make vps       boot and provision the local VPS; prints its URL and a demo key"
 	@echo "make vps-upgrade  deploy the checkout to the running local VPS (no request dropped)"
 	@echo "make vps-backup   back up the local VPS's database into its S3 bucket now"
+	@echo "make vps-restore BACKUP=latest  restore its database from a backup (or BACKUP=backups/<key>.dump)"
 	@echo "make vps-down  stop and remove the local VPS and its host-side servers"
 
 deps: apt-packages test-user $(VENV)/.installed
@@ -69,6 +71,10 @@ vps-upgrade: deps
 # A database backup of the running local VPS, now (playbooks/backup.yml).
 vps-backup: deps
 	$(VENV_PY) -m tests.localvps backup
+
+# Restore the running local VPS's database (playbooks/restore.yml): BACKUP=latest or an object key.
+vps-restore: deps
+	$(VENV_PY) -m tests.localvps restore --backup "$(BACKUP)"
 
 vps-down:
 	@if [ -x $(VENV_PY) ]; then $(VENV_PY) -m tests.localvps down; else echo "no venv: nothing was started"; fi

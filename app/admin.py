@@ -144,20 +144,30 @@ def cmd_encryption_rotate(args, settings):
     return asyncio.run(_with_connection(settings, rotate))
 
 
-def cmd_backup_create(args, settings):
+def _backup_call(failure: str, work: Callable, *args):
+    """``work(settings, *args)`` of app.backup, its failures as one-line errors."""
     try:
-        return backup.create(Settings.from_env(), args.keep_days)
+        return work(Settings.from_env(), *args)
     except backup.BackupFailed as exc:
         raise CommandError(str(exc)) from None
     except (BotoCoreError, ClientError) as exc:
-        raise CommandError(f"the backup could not be stored: {exc}") from None
+        raise CommandError(f"{failure}: {exc}") from None
+
+
+def cmd_backup_create(args, settings):
+    return _backup_call("the backup could not be stored", backup.create, args.keep_days)
 
 
 def cmd_backup_list(args, settings):
-    try:
-        return backup.list_backups(Settings.from_env())
-    except (BotoCoreError, ClientError) as exc:
-        raise CommandError(f"the backups could not be listed: {exc}") from None
+    return _backup_call("the backups could not be listed", backup.list_backups)
+
+
+def cmd_backup_show(args, settings):
+    return _backup_call("the backups could not be listed", backup.find, args.backup)
+
+
+def cmd_backup_restore(args, settings):
+    return _backup_call("the backup could not be read", backup.restore, args.backup, args.database)
 
 
 NEEDS_NO_DATABASE = (cmd_encryption_new_key,)
@@ -249,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     create_backup.set_defaults(func=cmd_backup_create)
     backups.add_parser("list", parents=[json_flag], help="the backups in the bucket") \
         .set_defaults(func=cmd_backup_list)
+    show = backups.add_parser("show", parents=[json_flag], help="one backup: its key, size and time")
+    show.add_argument("backup", help='"latest" or an object key (backups/course-supporter-<UTC>.dump)')
+    show.set_defaults(func=cmd_backup_show)
+    restore = backups.add_parser("restore", parents=[json_flag],
+                                 help="load a backup into an empty database (playbooks/restore.yml swaps it in)")
+    restore.add_argument("backup", help='"latest" or an object key (backups/course-supporter-<UTC>.dump)')
+    restore.add_argument("--database", required=True,
+                         help="the empty database to load it into (same server and login as DATABASE_URL)")
+    restore.set_defaults(func=cmd_backup_restore)
     return parser
 
 

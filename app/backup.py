@@ -1,13 +1,16 @@
 """Database backups: ``pg_dump -Fc`` streamed straight into the S3 bucket under
 ``backups/`` (multipart upload as the dump is produced: no local copy), then
-retention. Run by ``course-supporter-backup.timer`` and ``playbooks/backup.yml``
-through ``python -m app.admin backup create``."""
+retention; and the way back, the archive streamed from the bucket into
+``pg_restore`` in one transaction. Run by ``course-supporter-backup.timer``,
+``playbooks/backup.yml`` and ``playbooks/restore.yml`` through
+``python -m app.admin backup create|restore``."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import subprocess
+import tempfile
 import time
 from urllib.parse import unquote, urlsplit
 
@@ -20,6 +23,7 @@ from .config import Settings
 PREFIX = "backups/"
 # Parts of 16 MiB, two in flight: memory stays ~32 MiB whatever the database's size.
 TRANSFER = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=2)
+RESTORE_CHUNK_BYTES = 1 << 20
 
 
 class BackupFailed(Exception):
@@ -71,6 +75,54 @@ def list_backups(settings: Settings) -> list[dict]:
         found += [{"key": o["Key"], "size_bytes": o["Size"], "last_modified": o["LastModified"]}
                   for o in page.get("Contents", []) if o["Key"].endswith(".dump")]
     return sorted(found, key=lambda b: b["key"])
+
+
+def find(settings: Settings, name: str) -> dict:
+    """The backup ``name`` names: "latest", an object key, or a key without ``backups/``."""
+    backups = list_backups(settings)
+    if name == "latest":
+        if not backups:
+            raise BackupFailed(f"there is no backup in the bucket under {PREFIX}")
+        return backups[-1]
+    key = name if name.startswith(PREFIX) else PREFIX + name
+    for found in backups:
+        if found["key"] == key:
+            return found
+    raise BackupFailed(f"there is no backup {key!r} in the bucket (`backup list` shows them)")
+
+
+def restore(settings: Settings, name: str, database: str) -> dict:
+    """Stream backup ``name`` into ``pg_restore`` against the empty ``database`` (same
+    server and login as DATABASE_URL). One transaction: it is restored whole or not at all."""
+    found = find(settings, name)
+    started = time.monotonic()
+    body = _client(settings).get_object(Bucket=settings.s3_bucket, Key=found["key"])["Body"]
+    with tempfile.TemporaryFile() as errors:
+        load = subprocess.Popen(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
+                                 "--single-transaction", f"--dbname={database}"],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
+                                env={**os.environ, **_libpq_env(settings.database_url), "PGDATABASE": database})
+        try:
+            for chunk in body.iter_chunks(RESTORE_CHUNK_BYTES):
+                load.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # pg_restore gave up: its exit status and stderr say why
+        except BaseException:
+            load.kill()  # the download broke off: an incomplete archive must not commit
+            raise
+        finally:
+            body.close()
+            try:
+                load.stdin.close()
+            except BrokenPipeError:
+                pass
+        code = load.wait()
+        errors.seek(0)
+        message = errors.read().decode(errors="replace").strip()
+    if code != 0:
+        raise BackupFailed(f"pg_restore exited with {code}: {message}")
+    return {"key": found["key"], "size_bytes": found["size_bytes"], "database": database,
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 def prune(client, bucket: str, keep_days: int, now: datetime.datetime, keep: str) -> list[str]:

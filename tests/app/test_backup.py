@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import json
 import subprocess
 
 import pytest
 
 from app import backup
 from app.config import Settings
+from tests.conftest import unique
+
+from .test_admin_cli import admin
 
 
 @pytest.fixture
@@ -44,3 +48,56 @@ def test_a_failed_dump_leaves_no_object(settings, s3, bucket, database_url):
     with pytest.raises(backup.BackupFailed, match="no_such_database"):
         backup.create(broken, keep_days=14, now=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc))
     assert {b["key"] for b in backup.list_backups(settings)} == before
+
+
+def _restore_target(pg, name: str) -> str:
+    """An empty database owned by a login role that is no superuser, as on the VPS; its URL."""
+    if not pg.psql("SELECT 1 FROM pg_roles WHERE rolname = 'cs_restore_owner'"):
+        pg.psql("CREATE ROLE cs_restore_owner LOGIN")
+    pg.create_database(name, owner="cs_restore_owner")
+    return pg.url(name).replace("postgres@", "cs_restore_owner@", 1)
+
+
+def test_restore_brings_back_exactly_the_backed_up_data(settings, pg, database_url, app_env):
+    source = database_url.rsplit("/", 1)[1]
+    pg.psql(f"INSERT INTO tenants (name) VALUES ('{unique('restore-probe')}')", source)
+    before = pg.fingerprint(source)
+    key = backup.create(settings, keep_days=14)["key"]
+    assert pg.fingerprint(source) == before  # nothing wrote in between: the archive holds `before`
+    pg.psql(f"INSERT INTO tenants (name) VALUES ('{unique('after-the-backup')}')", source)
+    pg.psql("UPDATE tenants SET is_active = NOT is_active", source)
+    assert pg.fingerprint(source) != before
+
+    target = unique("restored").replace("-", "_")
+    owner_url = _restore_target(pg, target)
+    run = admin("backup", "restore", key, "--database", target, "--json", env={**app_env, "DATABASE_URL": owner_url})
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["key"] == key and report["database"] == target and report["seconds"] >= 0
+    assert pg.fingerprint(target) == before
+    assert any(line.startswith("tenants ") for line in before) and any(" " in line for line in before)
+
+
+def test_backups_are_named_by_key_or_latest(settings, app_env):
+    made = backup.create(settings, keep_days=3650)
+    keys = [b["key"] for b in backup.list_backups(settings)]
+    assert backup.find(settings, "latest")["key"] == max(keys)
+    found = backup.find(settings, made["key"].removeprefix("backups/"))
+    assert found["key"] == made["key"] and found["size_bytes"] == made["size_bytes"]
+    shown = admin("backup", "show", made["key"], "--json", env=app_env)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["key"] == made["key"]
+    missing = admin("backup", "show", "nope.dump", env=app_env)
+    assert missing.returncode == 1 and "no backup 'backups/nope.dump'" in missing.stderr
+
+
+def test_a_broken_archive_restores_nothing(settings, s3, bucket, pg, app_env):
+    good = backup.create(settings, keep_days=3650)["key"]
+    body = s3.client().get_object(Bucket=bucket, Key=good)["Body"].read()
+    broken = "backups/course-supporter-19991231T000000Z.dump"  # never "latest"
+    s3.client().put_object(Bucket=bucket, Key=broken, Body=body[: len(body) * 2 // 3])
+    target = unique("half").replace("-", "_")
+    owner_url = _restore_target(pg, target)
+    run = admin("backup", "restore", broken, "--database", target, env={**app_env, "DATABASE_URL": owner_url})
+    assert run.returncode == 1 and "pg_restore exited" in run.stderr
+    # One transaction: not a single table of the half archive stayed.
+    assert pg.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'", target) == "0"

@@ -12,11 +12,12 @@ import subprocess
 import sys
 import time
 
+import boto3
 import pytest
 import testinfra
 
 from tests.localvps import machine
-from tests.localvps.layout import ROOT, SSH_CONFIG, VPS_JSON
+from tests.localvps.layout import HOST_ADDRESS, ROOT, S3_CREDENTIALS, S3_PORT, SSH_CONFIG, VPS_JSON
 
 LOCALVPS = [sys.executable, "-m", "tests.localvps"]
 # The first appliance test also waits for the VPS to be built and provisioned.
@@ -78,6 +79,13 @@ class Curl:
 @pytest.fixture(scope="session")
 def curl(vps) -> Curl:
     return Curl(vps)
+
+
+def s3_client():
+    """boto3 at the host-side S3 server the VPS stores its materials and backups in."""
+    return boto3.client("s3", endpoint_url=f"http://{HOST_ADDRESS}:{S3_PORT}", region_name="us-east-1",
+                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
 
 
 def wait_for(predicate, timeout: float, interval: float = 2.0):

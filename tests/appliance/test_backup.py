@@ -8,11 +8,9 @@ import re
 import subprocess
 from pathlib import Path
 
-import boto3
+from tests.localvps.layout import ROOT, S3_BUCKET
 
-from tests.localvps.layout import HOST_ADDRESS, ROOT, S3_BUCKET, S3_CREDENTIALS, S3_PORT
-
-from .conftest import wait_for
+from .conftest import s3_client, wait_for
 from .test_alerting import ALERT_WAIT_S, _count, _messages
 
 
@@ -28,10 +26,7 @@ def test_make_vps_backup_stores_a_restorable_dump(host):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     key = re.search(r"key: (backups/course-supporter-\d{8}T\d{6}Z\.dump)", run.stdout).group(1)
     assert host.run("systemctl show course-supporter-backup.service -p Result").stdout.strip() == "Result=success"
-    s3 = boto3.client("s3", endpoint_url=f"http://{HOST_ADDRESS}:{S3_PORT}", region_name="us-east-1",
-                      aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-    body = s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read()
+    body = s3_client().get_object(Bucket=S3_BUCKET, Key=key)["Body"].read()
     listing = subprocess.run(["pg_restore", "--list"], input=body, capture_output=True, check=True).stdout
     assert b"TABLE public api_keys" in listing and b"TABLE DATA public courses" in listing
     # The service's own report (JSON in the journal) names the same object.

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import socket
+import ssl
 import uuid
 from pathlib import Path
 
@@ -85,3 +89,38 @@ def test_200_mib_upload_streams_through_nginx(curl, vps, tmp_path):
     assert (material["size_bytes"], material["sha256"]) == (size, digest.hexdigest())
     status, _, _ = curl(f"/api/v1/courses/{course['id']}", *key, "-X", "DELETE")
     assert status == 204
+
+
+def _declare_upload(vps: dict, path: str, content_length: int, content_type: str) -> tuple[int, dict, dict]:
+    """Send only the headers of an upload of ``content_length`` bytes; the answer comes before any body."""
+    context = ssl.create_default_context(cafile=vps["ca_cert"])
+    connection = http.client.HTTPSConnection(vps["domain"], 443, context=context, timeout=30)
+    connection.sock = context.wrap_socket(socket.create_connection((vps["address"], 443), timeout=30),
+                                          server_hostname=vps["domain"])
+    try:
+        connection.putrequest("POST", path)
+        for name, value in (("X-API-Key", vps["api_key"]), ("Content-Type", content_type),
+                            ("Content-Length", str(content_length))):
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_1_gib_multipart_upload_is_not_refused_by_nginx_and_too_large_is_json(curl, vps):
+    """nginx lets a 1 GiB file plus its multipart framing through to the app, which checks the
+    file's size exactly; what nginx refuses itself (over its own limit) is JSON like the app's."""
+    _, course = curl.json("/api/v1/courses", "-H", f"X-API-Key: {vps['api_key']}", "-H",
+                          "Content-Type: application/json", "--data", '{"title": "Upload limits"}')
+    path = f"/api/v1/courses/{course['id']}/materials"
+    # Over MAX_UPLOAD_BYTES by one byte: the app's 413 (it passed nginx), nothing read.
+    status, _, body = _declare_upload(vps, f"{path}?filename=big.bin", (1 << 30) + 1, "application/octet-stream")
+    assert (status, body["error"]["code"]) == (413, "payload_too_large")
+    assert "1073741824 bytes allowed" in body["error"]["message"]
+    # Far over anything: nginx's own 413, as JSON, with the security headers.
+    status, headers, body = _declare_upload(vps, path, 4 << 30, "multipart/form-data; boundary=x")
+    assert (status, body["error"]["code"]) == (413, "payload_too_large")
+    assert "this server accepts" in body["error"]["message"]
+    assert headers["Content-Type"] == "application/json" and "Strict-Transport-Security" in headers

@@ -1,4 +1,5 @@
-"""``python -m tests.localvps up|upgrade|down|status`` (``make vps``, ``make vps-upgrade``, ``make vps-down``)."""
+"""``python -m tests.localvps up|upgrade|backup|restore|down|status`` (``make vps``, ``make vps-upgrade``,
+``make vps-backup``, ``make vps-restore``, ``make vps-down``)."""
 
 from __future__ import annotations
 
@@ -92,8 +93,7 @@ Course Supporter local VPS is up ({elapsed:.0f} s).
 def upgrade(source: str | None, extra_args: list[str]) -> int:
     """Re-apply the playbook to the running VPS: a new release goes live with no
     request dropped (socket activation), or the old one stays if it fails."""
-    if not VPS_JSON.exists() or machine.ssh("true", check=False, timeout=30).returncode != 0:
-        print("error: no local VPS is running: `make vps` first", file=sys.stderr)
+    if not _running():
         return 1
     extra = (["-e", f"app_source_dir={os.path.abspath(source)}"] if source else []) + extra_args
     started = time.monotonic()
@@ -103,12 +103,32 @@ def upgrade(source: str | None, extra_args: list[str]) -> int:
     return 1 if code else 0
 
 
+def _running() -> bool:
+    if VPS_JSON.exists() and machine.ssh("true", check=False, timeout=30).returncode == 0:
+        return True
+    print("error: no local VPS is running: `make vps` first", file=sys.stderr)
+    return False
+
+
 def backup() -> int:
     """Take a database backup on the running VPS now (playbooks/backup.yml)."""
-    if not VPS_JSON.exists():
-        print("error: no local VPS is running: `make vps` first", file=sys.stderr)
+    if not _running():
         return 1
     return 1 if ansible_playbook("-i", "inventory/local", "playbooks/backup.yml").returncode else 0
+
+
+def restore(name: str | None) -> int:
+    """Restore the running VPS's database from a backup in its bucket (playbooks/restore.yml)."""
+    if not name:
+        print("error: say which backup: `make vps-restore BACKUP=latest` (or BACKUP=backups/…dump)",
+              file=sys.stderr)
+        return 2
+    if not _running():
+        return 1
+    started = time.monotonic()
+    code = ansible_playbook("-i", "inventory/local", "playbooks/restore.yml", "-e", f"backup={name}").returncode
+    host.log(f"restore {'failed' if code else 'done'} in {time.monotonic() - started:.0f} s")
+    return 1 if code else 0
 
 
 def down() -> int:
@@ -136,8 +156,9 @@ def status() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.localvps", description="The local VPS.")
-    parser.add_argument("command", choices=["up", "upgrade", "backup", "down", "status", "boot"])
+    parser.add_argument("command", choices=["up", "upgrade", "backup", "restore", "down", "status", "boot"])
     parser.add_argument("--source", help="upgrade: deploy this tree instead of the checkout")
+    parser.add_argument("--backup", help='restore: "latest" or an object key under backups/')
     args, rest = parser.parse_known_args()  # upgrade: after "--", further ansible-playbook arguments
     if rest and (rest[0] != "--" or args.command != "upgrade"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -150,6 +171,8 @@ def main() -> int:
         return 0
     if command == "upgrade":
         return upgrade(args.source, rest[1:])
+    if command == "restore":
+        return restore(args.backup)
     return {"up": up, "backup": backup, "down": down, "status": status}[command]()
 
 

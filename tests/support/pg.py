@@ -19,6 +19,18 @@ from .net import Service, free_port, stop_process, wait_for_port
 
 TEST_USER = "cs-test"
 
+# One line per table of the public schema ("name rows md5-of-its-sorted-rows") and per
+# sequence ("name last_value"): two databases with the same lines hold the same data.
+FINGERPRINT_SQL = r"""
+SELECT table_name || ' ' || (xpath('/row/f/text()', query_to_xml(format(
+         'SELECT count(*) || '' '' || md5(coalesce(string_agg(t::text, chr(10) ORDER BY t::text), '''')) AS f'
+         ' FROM %I.%I t', table_schema, table_name), false, true, '')))[1]::text
+  FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+UNION ALL
+SELECT sequencename || ' ' || coalesce(last_value::text, '-') FROM pg_sequences WHERE schemaname = 'public'
+ORDER BY 1
+"""
+
 
 def pg_bin_dir() -> Path:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
@@ -80,9 +92,12 @@ class PostgresCluster(Service):
                              check=True, capture_output=True, text=True)
         return out.stdout.strip()
 
-    def create_database(self, name: str) -> str:
-        self.psql(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, owner: str = "postgres") -> str:
+        self.psql(f'CREATE DATABASE "{name}" OWNER "{owner}" TEMPLATE template0')
         return self.url(name)
+
+    def fingerprint(self, dbname: str) -> list[str]:
+        return self.psql(FINGERPRINT_SQL, dbname).splitlines()
 
     def stop(self) -> None:
         stop_process(self.proc, 15)
