@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import signal
@@ -39,6 +40,27 @@ async def test_exactly_the_limit_passes_a_concurrent_burst_across_workers(server
     _, headers = await factory.tenant_with_key(check=40)
     statuses = await burst(server.url + "/api/v1/courses", headers, 150)
     assert statuses.count(200) == 40 and statuses.count(429) == 110, sorted(set(statuses))
+
+
+async def test_a_10000_request_burst_from_50_connections_lets_exactly_the_limit_through(server, factory):
+    """An attack-sized burst with one key, 50 keep-alive connections spread over the workers."""
+    _, headers = await factory.tenant_with_key(check=1000)
+    statuses: collections.Counter = collections.Counter()
+    requests = iter(range(10_000))
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+        async def connection() -> None:
+            for _ in requests:  # shared: the 50 of them drain the 10,000 together
+                async with session.get(server.url + "/api/v1/courses", headers=headers) as resp:
+                    body = await resp.json()
+                    statuses[resp.status] += 1
+                    if resp.status == 429:
+                        assert body["error"]["code"] == "rate_limited" and int(resp.headers["Retry-After"]) > 0
+
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(connection() for _ in range(50))), timeout=180)
+    print(f"\n10,000 requests from 50 connections in {time.monotonic() - started:.1f} s: {dict(statuses)}")
+    assert statuses == {200: 1000, 429: 9000}
 
 
 async def test_limits_survive_worker_restarts(server, factory):
