@@ -7,6 +7,7 @@
 #   make test   every test (installs what it needs first)
 #   make dev    the app on localhost with a throwaway Postgres and S3 server
 #   make bench  benchmarks in tests/bench/, printing their figures
+#   make fuzz   the API fuzzing of make test, with many more examples
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -18,12 +19,13 @@ TEST_USER  := cs-test
 APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk \
 	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl
 
-.PHONY: help deps apt-packages test-user test dev bench vps vps-upgrade vps-backup vps-restore vps-down
+.PHONY: help deps apt-packages test-user test dev bench fuzz vps vps-upgrade vps-backup vps-restore vps-down
 
 help:
 	@echo "make test    run every test (installs prerequisites first)"
 	@echo "make dev     app on http://127.0.0.1:8080 with throwaway Postgres + S3 and a demo key"
 	@echo "make bench   run the benchmarks in tests/bench/"
+	@echo "make fuzz    fuzz the API from its OpenAPI document, longer than make test does"
 	@echo "make vps       boot and provision the local VPS; prints its URL and a demo key"
 	@echo "make vps-upgrade  deploy the checkout to the running local VPS (no request dropped)"
 	@echo "make vps-backup   back up the local VPS's database into its S3 bucket now"
@@ -59,6 +61,11 @@ dev: deps
 
 bench: deps
 	$(VENV_PY) -m tests.bench.run
+
+# The API fuzzing of `make test` (tests/app/test_fuzz.py), longer: FUZZ_MAX_EXAMPLES per operation and phase.
+FUZZ_MAX_EXAMPLES ?= 500
+fuzz: deps
+	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(VENV_PY) -m pytest -s tests/app/test_fuzz.py
 
 vps: deps
 	$(VENV_PY) -m tests.localvps up

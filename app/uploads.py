@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from .errors import ValidationFailed
+from .errors import BadRequest, ValidationFailed
 from .materials import clean_filename
 
 CHUNK_BYTES = 256 * 1024
@@ -45,19 +46,35 @@ async def incoming_file(request: web.Request) -> IncomingFile:
 
 
 async def _multipart_file(request: web.Request) -> IncomingFile:
-    reader = await request.multipart()
-    while True:
+    try:
+        reader = await request.multipart()
         part = await reader.next()
-        if part is None:
-            raise ValidationFailed("The form has no file part named 'file'.",
-                                   details={"file": ["Missing data for required field."]})
-        if isinstance(part, BodyPartReader) and part.name == "file":
-            break
-        await part.release()  # another field: skip it
+        while part is not None and not (isinstance(part, BodyPartReader) and part.name == "file"):
+            await part.release()  # another field: skip it
+            part = await reader.next()
+    except (ValueError, HttpProcessingError) as exc:  # no boundary, no boundary line, bad part headers...
+        raise _malformed(exc) from None
+    if part is None:
+        raise ValidationFailed("The form has no file part named 'file'.",
+                               details={"file": ["Missing data for required field."]})
     content_type = part.headers.get(hdrs.CONTENT_TYPE) or DEFAULT_CONTENT_TYPE
-    return IncomingFile(clean_filename(part.filename), content_type, _part_chunks(part))
+    return IncomingFile(clean_filename(part.filename), content_type, _part_chunks(reader, part))
 
 
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(CHUNK_BYTES):
-        yield chunk
+async def _part_chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIterator[bytes]:
+    """The file part's bytes; then the rest of the form, which must end with its closing
+    boundary: a body cut short is an error, not a shorter file."""
+    try:
+        while chunk := await part.read_chunk(CHUNK_BYTES):
+            yield chunk
+        while (rest := await reader.next()) is not None:
+            await rest.release()
+    except (ValueError, HttpProcessingError) as exc:
+        raise _malformed(exc) from None
+    if not reader.at_eof():
+        raise _malformed("the body ended before the closing boundary")
+
+
+def _malformed(problem: object) -> BadRequest:
+    text = problem.message if isinstance(problem, HttpProcessingError) else problem
+    return BadRequest(f"The multipart/form-data body is malformed: {text}")

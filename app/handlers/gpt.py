@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from aiohttp_apispec import request_schema, response_schema
+from aiohttp_apispec import docs, request_schema, response_schema
 
 from ..errors import error_body
 from ..jsonutil import dumps, json_response
@@ -32,8 +32,9 @@ def sse(event: str, data) -> bytes:
               description="With `\"stream\": true` the answer is `text/event-stream`: `delta` events "
                           "`{\"text\"}`, then one `done` event `{\"model\", \"usage\", \"cost_usd\"}` -- or an "
                           "`error` event in the error JSON shape if the provider fails mid-stream.")
+@docs(produces=["application/json", "text/event-stream"])
 @request_schema(GptRequestSchema, locations=["json"], required=True)
-@response_schema(GptResponseSchema, 200)
+@response_schema(GptResponseSchema, 200, description="The answer (JSON), or its event stream")
 async def gpt(request: web.Request) -> web.StreamResponse:
     data = request["data"]
     messages = ([{"role": "system", "content": data["system_prompt"]}] if data["system_prompt"] else []) + \

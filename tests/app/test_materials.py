@@ -199,6 +199,25 @@ async def test_raw_upload_needs_a_filename_and_form_needs_a_file(client, auth):
     assert "file" in (await response.json())["error"]["details"]
 
 
+@pytest.mark.parametrize("content_type, body", [
+    ("multipart/form-data", b""),                                          # no boundary
+    ("multipart/form-data; boundary=b", b"--b\r\nFalse--b--\r\n"),         # a part without headers
+    ("multipart/form-data; boundary=b", b"not a multipart body at all"),    # no boundary line
+    ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data; name=file; filename=a\r\n"),
+])
+async def test_a_malformed_multipart_body_is_400_and_keeps_nothing(client, auth, s3, bucket, content_type, body):
+    """Found by schemathesis: these were 500s."""
+    course_id = await _course(client, auth)
+    before = _objects(s3, bucket)
+    response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
+                                 headers={**auth, "Content-Type": content_type})
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"]["code"] == "bad_request"
+    listed = await client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)
+    assert (await listed.json())["items"] == [] and _objects(s3, bucket) == before
+    assert _multipart_uploads(s3, bucket) == []
+
+
 async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, bucket):
     course_id = await _course(client, auth)
     response = await client.post(f"/api/v1/courses/{course_id}/materials", params={"filename": "../../etc/passwd"},
