@@ -20,16 +20,22 @@ CONNECT_TIMEOUT_S = 5.0
 ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 15.0
 
-# Errors meaning "the database is not there right now" (not "your query is wrong").
+# Errors meaning "the database is not there right now" (not "your query is wrong"):
+# unreachable, restarting (class 57: admin or crash shutdown, cannot connect now),
+# connection-level errors (class 08), and a connection that died under a statement.
 UNAVAILABLE = (
     OSError,
     TimeoutError,
-    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
+# The same inside a block holding a connection: asyncpg's own errors and its command
+# timeout (a bare OSError there is someone else's, e.g. the client hanging up).
+DIED_UNDER_A_STATEMENT = tuple(error for error in UNAVAILABLE if error is not OSError)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -71,6 +77,9 @@ def acquire(request: web.Request):
 
 
 class _Acquire:
+    """Also turns the database going away under a statement (a restart terminating the
+    session) into the 503; the statement's transaction is gone with it, nothing half-done."""
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._ctx = pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
 
@@ -78,8 +87,17 @@ class _Acquire:
         try:
             return await self._ctx.__aenter__()
         except UNAVAILABLE as exc:
-            raise ServiceUnavailable("The database is unavailable; try again shortly.",
-                                     code="database_unavailable") from exc
+            raise _unavailable() from exc
 
-    async def __aexit__(self, *exc_info) -> None:
-        await self._ctx.__aexit__(*exc_info)
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        try:
+            await self._ctx.__aexit__(exc_type, exc, tb)  # a dead connection is dropped, not pooled
+        except UNAVAILABLE as release_failure:
+            if exc is None:
+                raise _unavailable() from release_failure
+        if isinstance(exc, DIED_UNDER_A_STATEMENT):
+            raise _unavailable() from exc
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable("The database is unavailable; try again shortly.", code="database_unavailable")
