@@ -1,6 +1,7 @@
-"""Faults under load: PostgreSQL restarted while requests keep coming. Requests fail
-fast with a 503 (never a 500, never a hang), the pool recovers by itself, and what was
-acknowledged is stored while nothing is half-written."""
+"""Faults: PostgreSQL restarted under load, the S3 endpoint unreachable, the LLM provider
+hanging. Requests fail fast with the documented status (never a 500, never a hang),
+everything recovers by itself, what was acknowledged is stored, nothing is half-written,
+and a failing dependency slows nothing that does not need it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from app.main import create_app
 from app.migrate import apply_migrations
 from tests.conftest import unique
 from tests.support.pg import PostgresCluster
+from tests.support.tcpproxy import TcpProxy
 
 from .test_admin_cli import admin
 
@@ -78,3 +80,57 @@ async def test_postgres_restarted_under_load_fails_fast_and_recovers(aiohttp_cli
         refused = {title for _, title, status, _ in answers if status == 503}
         assert acknowledged <= stored
         assert not (stored & refused), sorted(stored & refused)[:5]
+
+
+async def test_storage_unreachable_gives_503s_and_recovers_without_a_restart(aiohttp_client, app_env, s3, bucket,
+                                                                            factory):
+    with TcpProxy(s3.port) as proxy:
+        client = await aiohttp_client(await create_app(Settings.from_env({**app_env, "S3_ENDPOINT_URL": proxy.url})))
+        _, auth = await factory.tenant_with_key()
+        course = await (await client.post("/api/v1/courses", json={"title": "Outage"}, headers=auth)).json()
+        materials = f"/api/v1/courses/{course['id']}/materials"
+
+        async def upload(name: str) -> tuple[int, dict, float]:
+            started = time.monotonic()
+            response = await client.post(f"{materials}?filename={name}", data=b"lecture notes", headers=auth)
+            return response.status, await response.json(), time.monotonic() - started
+
+        assert (await upload("before.txt"))[0] == 201
+        proxy.cut()
+        status, body, seconds = await upload("during.txt")
+        assert (status, body["error"]["code"]) == (503, "storage_unavailable") and seconds < FAST_FAIL_S
+        health = await client.get("/health")
+        assert (health.status, (await health.json())["s3"]) == (503, "error")
+        assert (await (await client.get("/api/v1/courses", headers=auth)).json())["total"] >= 1  # the rest works
+
+        proxy.restore()  # the same app, no restart
+        status, _, _ = await upload("after.txt")
+        assert status == 201
+        assert (await client.get("/health")).status == 200
+        listed = await (await client.get(materials, headers=auth)).json()
+        assert sorted(m["filename"] for m in listed["items"]) == ["after.txt", "before.txt"]  # nothing of "during"
+
+
+async def test_a_provider_that_is_down_slows_nothing_else(make_client, factory, fresh_llm):
+    """While LLM calls hang until their timeout, the rest of the API answers as before."""
+    client = await make_client(LLM_MAX_RETRIES="0", LLM_TIMEOUT_S="2")
+    _, auth = await factory.tenant_with_key()
+
+    async def read() -> float:
+        started = time.monotonic()
+        assert (await client.get("/api/v1/courses", headers=auth)).status == 200
+        return time.monotonic() - started
+
+    async def ask() -> tuple[int, float]:
+        started = time.monotonic()
+        response = await client.post("/api/v1/gpt", json={"prompt": "Hello"}, headers=auth)
+        return response.status, time.monotonic() - started
+
+    fresh_llm.script(*[{"delay_s": 10}] * 20)
+    calls = [asyncio.create_task(ask()) for _ in range(20)]
+    await asyncio.sleep(0.3)  # all 20 are waiting on the provider now
+    reads = [await read() for _ in range(50)]
+    answers = await asyncio.gather(*calls)
+    assert {status for status, _ in answers} == {504}
+    assert max(seconds for _, seconds in answers) < 2 + 1.5  # the configured time, not the provider's 10 s
+    assert max(reads) < 0.5, f"reads took up to {max(reads):.2f} s while the provider hung"
