@@ -3,12 +3,15 @@ tells about itself, where the secrets are (and are not), the units' sandboxes.""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import re
 import socket
 import ssl
 import subprocess
 import threading
 
+import aiohttp
 import pytest
 
 # The units the playbooks add; each runs sandboxed (systemd-analyze's 0-10 exposure scale).
@@ -123,3 +126,31 @@ def test_every_service_we_add_is_sandboxed(host, unit):
     out = host.check_output(f"systemd-analyze security --no-pager {unit}")
     score = float(re.search(rf"Overall exposure level for {re.escape(unit)}: ([\d.]+)", out).group(1))
     assert score <= MAX_EXPOSURE, out
+
+
+def test_floods_without_a_valid_key_are_limited_per_address_by_nginx(vps):
+    """200 requests without a usable key from 20 connections at once: nginx answers most
+    with a JSON 429 itself (a burst of 40 passes); keyed requests meanwhile are untouched."""
+    async def flood() -> tuple[collections.Counter, collections.Counter]:
+        context = ssl.create_default_context(cafile=vps["ca_cert"])
+        base, host = f"https://{vps['address']}", {"Host": vps["domain"]}
+        unkeyed, keyed = collections.Counter(), collections.Counter()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20, ssl=context)) as session:
+            async def one(headers: dict, into: collections.Counter) -> None:
+                async with session.get(f"{base}/api/v1/courses", headers={**host, **headers},
+                                       server_hostname=vps["domain"]) as resp:
+                    body = await resp.json()
+                    into[resp.status, body.get("error", {}).get("code")] += 1
+                    if resp.status == 429 and into is unkeyed:
+                        assert resp.headers["Retry-After"] == "1" and "Strict-Transport-Security" in resp.headers
+            garbage = [one({"X-API-Key": "not-a-key"} if n % 2 else {}, unkeyed) for n in range(200)]
+            valid = [one({"X-API-Key": vps["api_key"]}, keyed) for _ in range(20)]
+            await asyncio.wait_for(asyncio.gather(*garbage, *valid), timeout=120)
+        return unkeyed, keyed
+
+    unkeyed, keyed = asyncio.run(flood())
+    limited = unkeyed[429, "rate_limited"]
+    assert limited >= 100 and sum(unkeyed.values()) == 200, unkeyed
+    assert set(unkeyed) <= {(429, "rate_limited"), (401, "missing_api_key"), (401, "invalid_api_key")}
+    assert keyed == {(200, None): 20}
+    print(f"\nunkeyed flood: {dict(unkeyed)}; keyed meanwhile: {dict(keyed)}")
