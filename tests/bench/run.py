@@ -1,6 +1,7 @@
 """`make bench`: authenticated GET /api/v1/courses/{id} vs a bare SELECT 1 app,
-then the 1 GiB upload benchmark (tests/bench/upload.py) and the LLM gateway's
-overhead (tests/bench/gateway.py).
+then the 1 GiB upload benchmark (tests/bench/upload.py), the LLM gateway's
+overhead (tests/bench/gateway.py) and a realistic mix of reads, writes and
+uploads (tests/bench/mix.py).
 
 Both run under the same gunicorn settings (2 aiohttp workers) against the
 same throwaway PostgreSQL, loaded by wrk in the same run. Target: the app's
@@ -21,7 +22,7 @@ from tests.support.gunicorn import Gunicorn
 from tests.support.pg import PostgresCluster
 from tests.support.s3 import S3Server, app_environment
 
-from . import gateway, upload
+from . import gateway, mix, upload
 from .seed import seed
 
 WORKERS = 2
@@ -66,13 +67,14 @@ def main() -> int:
     ratio = app["rps"] / bare["rps"]
     uploads_ok = upload.report(upload.run())
     gateway_ok = gateway.report(gateway.run())
+    mix_ok = mix.report(mix.run())
     print(f"\nbench: {WORKERS} gunicorn workers, wrk -t{THREADS} -c{CONNECTIONS} -d{DURATION_S}s")
     print(f"{'':40} {'rps':>10} {'p99 ms':>8}")
     print(f"{'GET /api/v1/courses/{id} (auth+limit)':40} {app['rps']:>10.0f} {app['p99_ms']:>8.2f}")
     print(f"{'bare aiohttp+asyncpg SELECT 1':40} {bare['rps']:>10.0f} {bare['p99_ms']:>8.2f}")
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"throughput ratio app/bare = {ratio:.2f} (target >= {TARGET_RATIO}: {verdict})")
-    return 0 if ratio >= TARGET_RATIO and uploads_ok and gateway_ok else 1
+    return 0 if ratio >= TARGET_RATIO and uploads_ok and gateway_ok and mix_ok else 1
 
 
 if __name__ == "__main__":
