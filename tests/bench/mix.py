@@ -1,20 +1,27 @@
-"""A realistic mix at the app under gunicorn (2 workers): 80 % reads, 15 % course
-writes, 5 % uploads of 10 MiB, from CONNECTIONS closed-loop clients for DURATION_S
-(and at most MAX_REQUESTS). Prints rps, p50/p99 per kind and overall, and the error
-count; any error fails the benchmark (a closed loop runs at the rate the app sustains).
+"""A realistic mix: 80 % reads, 15 % course writes, 5 % uploads of 10 MiB, from
+CONNECTIONS closed-loop clients for DURATION_S (and at most MAX_REQUESTS), at the app
+under gunicorn (2 workers) and through nginx over HTTPS on the local VPS (2 workers
+too). Prints rps, p50/p99 per kind and overall, and the error count; any error fails
+the benchmark (a closed loop runs at the rate the server sustains).
 
-    python -m tests.bench.mix
+    python -m tests.bench.mix [--vps]
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import random
+import socket
+import ssl
+import subprocess
+import sys
 import time
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from app.migrate import apply_migrations
 from tests.support.gunicorn import Gunicorn
@@ -32,7 +39,23 @@ UPLOAD_BYTES = 10 << 20
 MIX = (("read", 80), ("write", 15), ("upload", 5))
 
 
-async def _drive(url: str, key: str, course_id: str) -> dict:
+class _PinnedResolver(AbstractResolver):
+    """The VPS's domain resolves to its address (what `curl --resolve` does)."""
+
+    def __init__(self, domain: str, address: str) -> None:
+        self.domain, self.address = domain, address
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict]:
+        if host != self.domain:
+            raise OSError(f"only {self.domain} is resolved here")
+        return [{"hostname": host, "host": self.address, "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def _drive(url: str, key: str, course_id: str, connector: aiohttp.TCPConnector | None = None) -> dict:
     headers = {"X-API-Key": key}
     payload = os.urandom(UPLOAD_BYTES)
     rng = random.Random(8)  # the same sequence of kinds every run
@@ -42,7 +65,7 @@ async def _drive(url: str, key: str, course_id: str) -> dict:
     deadline = time.monotonic() + DURATION_S
     count = 0
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS),
+    async with aiohttp.ClientSession(connector=connector or aiohttp.TCPConnector(limit=CONNECTIONS),
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def one(kind: str) -> int:
             if kind == "read":
@@ -91,10 +114,43 @@ def run() -> dict:
             return asyncio.run(_drive(app.url, key, course_id))
 
 
-def report(result: dict) -> bool:
+def run_vps() -> dict:
+    """The same mix through nginx on the local VPS (brought up as `make vps` does, and
+    taken down again if it was not running), with a key whose limits it cannot reach."""
+    from tests.localvps import machine
+    from tests.localvps.layout import ROOT, VPS_JSON
+
+    was_up = VPS_JSON.exists() and machine.ssh("true", check=False, timeout=30).returncode == 0
+    subprocess.run([sys.executable, "-m", "tests.localvps", "up"], cwd=ROOT, check=True, timeout=1200,
+                   stdout=subprocess.DEVNULL)
+    try:
+        vps = json.loads(VPS_JSON.read_text())
+        admin = "course-supporter-admin"
+        tenant = json.loads(machine.ssh(f"{admin} tenant create 'Bench mix' --json").stdout)
+        key = json.loads(machine.ssh(f"{admin} key issue {tenant['id']} --rate-limit-prep 2000000000 "
+                                     "--rate-limit-check 2000000000 --label bench --json").stdout)["key"]
+        return asyncio.run(_drive_vps(vps, key))
+    finally:
+        if not was_up:
+            subprocess.run([sys.executable, "-m", "tests.localvps", "down"], cwd=ROOT, check=False, timeout=300,
+                           stdout=subprocess.DEVNULL)
+
+
+async def _drive_vps(vps: dict, key: str) -> dict:
+    url = f"https://{vps['domain']}"
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS, resolver=_PinnedResolver(vps["domain"], vps["address"]),
+                                     ssl=ssl.create_default_context(cafile=vps["ca_cert"]))
+    async with aiohttp.ClientSession(connector=connector, connector_owner=False) as session:
+        async with session.post(f"{url}/api/v1/courses", json={"title": "Bench mix"},
+                                headers={"X-API-Key": key}) as resp:
+            course_id = (await resp.json())["id"]
+    return await _drive(url, key, course_id, connector)
+
+
+def report(result: dict, where: str = "at the app") -> bool:
     samples, seconds = result["samples"], result["seconds"]
     every = [s for kind in samples.values() for s in kind]
-    print(f"\nMix at the app: {WORKERS} gunicorn workers, {CONNECTIONS} connections, {seconds:.0f} s "
+    print(f"\nMix {where}: {WORKERS} gunicorn workers, {CONNECTIONS} connections, {seconds:.0f} s "
           f"({', '.join(f'{share} % {kind}' for kind, share in MIX)}; uploads of {UPLOAD_BYTES >> 20} MiB)")
     print(f"{'':10} {'requests':>9} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for kind, _ in MIX:
@@ -108,4 +164,6 @@ def report(result: dict) -> bool:
 
 
 if __name__ == "__main__":
+    if "--vps" in sys.argv:
+        raise SystemExit(0 if report(run_vps(), "through nginx on the local VPS") else 1)
     raise SystemExit(0 if report(run()) else 1)
