@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
+import json
+
+import asyncpg
 
 from app import ratelimit, tenants
+from app.migrate import apply_migrations
 
 COURSES = "/api/v1/courses"
 
@@ -125,3 +130,40 @@ def test_sliding_window_arithmetic():
     assert ratelimit.remaining_requests(10, 10, 5, 30.0) == 0
     assert ratelimit.seconds_until_free(10, 10, 5, 30.0) == 1
     assert ratelimit.remaining_requests(10, 10, 5, 45.0) == 3
+
+
+def _plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+async def test_an_unknown_key_costs_one_index_lookup_and_writes_nothing(pg):
+    """Why unknown-key floods are cheap: among 20,000 keys, the auth statement for a key
+    that does not exist finds nothing through the unique key_hash index, scans no table
+    and neither counts nor touches anything."""
+    url = pg.create_database("unknown_keys")
+    apply_migrations(url)
+    conn = await asyncpg.connect(url)
+    try:
+        tenant = await tenants.create_tenant(conn, "Many keys")
+        await conn.execute("""
+            INSERT INTO api_keys (tenant_id, key_hash, key_prefix, scopes, rate_limit_prep, rate_limit_check)
+            SELECT $1, sha256(n::text::bytea), 'cs_live_' || n, ARRAY['prep', 'check'], 60, 300
+            FROM generate_series(1, 20000) AS n""", tenant["id"])
+        await conn.execute("ANALYZE api_keys")
+        unknown = hashlib.sha256(b"cs_live_" + b"0" * 32).digest()
+        [plan] = json.loads(await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + ratelimit.AUTHENTICATE_SQL,
+                                                unknown, ["prep"], ratelimit.WINDOW_S))
+        nodes = list(_plan_nodes(plan["Plan"]))
+        on_keys = [n for n in nodes if n.get("Relation Name") == "api_keys" and n["Node Type"] != "ModifyTable"]
+        assert on_keys and all(n["Node Type"] in ("Index Scan", "Index Only Scan") for n in on_keys), on_keys
+        used = {(n["Node Type"], n.get("Index Name"), n["Actual Rows"]) for n in on_keys}
+        # The lookup by hash, and the last_used_at update's probe for the (absent) key's id.
+        assert used == {("Index Scan", "api_keys_key_hash_key", 0), ("Index Scan", "api_keys_pkey", 0)}, used
+        assert all(n["Actual Rows"] == 0 for n in nodes if n["Node Type"] == "ModifyTable")
+        assert await conn.fetchval("SELECT count(*) FROM rate_limit_counters") == 0
+        assert not any(n.get("Relation Name") in ("api_keys", "tenants") and n["Node Type"] == "Seq Scan"
+                       for n in nodes)
+    finally:
+        await conn.close()
