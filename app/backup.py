@@ -21,6 +21,7 @@ from botocore.config import Config
 from .config import Settings
 
 PREFIX = "backups/"
+STAMP = "%Y%m%dT%H%M%SZ"  # a backup is backups/course-supporter-<the UTC time its dump started>.dump
 # Parts of 16 MiB, two in flight: memory stays ~32 MiB whatever the database's size.
 TRANSFER = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=2)
 RESTORE_CHUNK_BYTES = 1 << 20
@@ -47,7 +48,7 @@ def _libpq_env(database_url: str) -> dict[str, str]:
 
 def create(settings: Settings, keep_days: int, *, now: datetime.datetime | None = None) -> dict:
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    key = f"{PREFIX}course-supporter-{now:%Y%m%dT%H%M%SZ}.dump"
+    key = f"{PREFIX}course-supporter-{now.strftime(STAMP)}.dump"
     client = _client(settings)
     started = time.monotonic()
     dump = subprocess.Popen(["pg_dump", "--format=custom", "--no-owner", "--no-privileges"],
@@ -68,12 +69,15 @@ def create(settings: Settings, keep_days: int, *, now: datetime.datetime | None 
     return {"key": key, "size_bytes": size, "seconds": round(time.monotonic() - started, 1), "pruned": pruned}
 
 
+def _objects(client, bucket: str):
+    """Every object under ``backups/``, page by page."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX):
+        yield from page.get("Contents", [])
+
+
 def list_backups(settings: Settings) -> list[dict]:
-    client = _client(settings)
-    found = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix=PREFIX):
-        found += [{"key": o["Key"], "size_bytes": o["Size"], "last_modified": o["LastModified"]}
-                  for o in page.get("Contents", []) if o["Key"].endswith(".dump")]
+    found = [{"key": o["Key"], "size_bytes": o["Size"], "last_modified": o["LastModified"]}
+             for o in _objects(_client(settings), settings.s3_bucket) if o["Key"].endswith(".dump")]
     return sorted(found, key=lambda b: b["key"])
 
 
@@ -129,15 +133,14 @@ def prune(client, bucket: str, keep_days: int, now: datetime.datetime, keep: str
     """Delete backups older than ``keep_days`` (by the time in their name); never ``keep``."""
     cutoff = now - datetime.timedelta(days=keep_days)
     old = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX):
-        for item in page.get("Contents", []):
-            stamp = item["Key"].removeprefix(f"{PREFIX}course-supporter-").removesuffix(".dump")
-            try:
-                taken = datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
-            except ValueError:
-                continue  # not ours: leave it
-            if taken < cutoff and item["Key"] != keep:
-                old.append(item["Key"])
+    for item in _objects(client, bucket):
+        stamp = item["Key"].removeprefix(f"{PREFIX}course-supporter-").removesuffix(".dump")
+        try:
+            taken = datetime.datetime.strptime(stamp, STAMP).replace(tzinfo=datetime.timezone.utc)
+        except ValueError:
+            continue  # not ours: leave it
+        if taken < cutoff and item["Key"] != keep:
+            old.append(item["Key"])
     for name in old:
         client.delete_object(Bucket=bucket, Key=name)
     return old

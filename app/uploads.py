@@ -16,6 +16,8 @@ CHUNK_BYTES = 256 * 1024
 # Boundaries and part headers around the file in a multipart body.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# What aiohttp's multipart reader raises on a body that is not well-formed multipart.
+MALFORMED_MULTIPART = (ValueError, HttpProcessingError)
 
 
 @dataclass
@@ -52,7 +54,7 @@ async def _multipart_file(request: web.Request) -> IncomingFile:
         while part is not None and not (isinstance(part, BodyPartReader) and part.name == "file"):
             await part.release()  # another field: skip it
             part = await reader.next()
-    except (ValueError, HttpProcessingError) as exc:  # no boundary, no boundary line, bad part headers...
+    except MALFORMED_MULTIPART as exc:  # no boundary, no boundary line, bad part headers...
         raise _malformed(exc) from None
     if part is None:
         raise ValidationFailed("The form has no file part named 'file'.",
@@ -69,7 +71,7 @@ async def _part_chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIt
             yield chunk
         while (rest := await reader.next()) is not None:
             await rest.release()
-    except (ValueError, HttpProcessingError) as exc:
+    except MALFORMED_MULTIPART as exc:
         raise _malformed(exc) from None
     if not reader.at_eof():
         raise _malformed("the body ended before the closing boundary")
