@@ -19,6 +19,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from .config import Settings
+from .storage import CHECKSUM_POLICY
 
 PREFIX = "backups/"
 STAMP = "%Y%m%dT%H%M%SZ"  # a backup is backups/course-supporter-<the UTC time its dump started>.dump
@@ -33,7 +34,7 @@ class BackupFailed(Exception):
 
 def _client(settings: Settings):
     return boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
-                        config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+                        config=Config(retries={"max_attempts": 5, "mode": "standard"}, **CHECKSUM_POLICY))
 
 
 def _libpq_env(database_url: str) -> dict[str, str]:

@@ -37,6 +37,12 @@ class StorageUnavailable(ServiceUnavailable):
 
 _STORAGE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 TRANSFER_THREADS = 16
+# Send and check the x-amz-checksum-* headers only where an operation requires them.
+# botocore's default ("when_supported") adds a CRC32 header to every put_object and
+# upload_part, which Backblaze B2 lists as unsupported in its S3 API. Integrity does not rest on
+# them: over HTTPS the transport protects the bytes, over plain HTTP SigV4 signs every
+# payload's SHA-256, and the app records its own SHA-256 of the whole file.
+CHECKSUM_POLICY = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
 
 
 class Storage:
@@ -50,13 +56,13 @@ class Storage:
             endpoint_url=endpoint_url,
             config=Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
                           retries={"max_attempts": max_attempts, "mode": "standard"},
-                          max_pool_connections=32),
+                          max_pool_connections=32, **CHECKSUM_POLICY),
         )
         # Health checks get their own client with no retries and tight timeouts.
         self._probe = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
-            config=Config(connect_timeout=1.0, read_timeout=2.0, retries={"max_attempts": 1}),
+            config=Config(connect_timeout=1.0, read_timeout=2.0, retries={"max_attempts": 1}, **CHECKSUM_POLICY),
         )
 
     async def _run(self, func, *args, **kwargs):

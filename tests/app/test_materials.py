@@ -10,6 +10,8 @@ import os
 import aiohttp
 import pytest
 
+from app import backup
+from app.keys import storage_key
 from app.main import create_app
 from app.materials import clean_filename
 
@@ -70,6 +72,43 @@ async def test_multipart_upload_of_several_parts(small_client, auth, s3, bucket)
     key = next(k for k in _objects(s3, bucket) if k.endswith(material["id"]))
     assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
     assert not _multipart_uploads(s3, bucket)
+
+
+def _record_s3_requests(boto_client) -> list[tuple[str, dict]]:
+    """Every request the client sends from now on, as (operation, headers)."""
+    sent: list[tuple[str, dict]] = []
+    boto_client.meta.events.register(
+        "before-send.s3", lambda request, event_name, **_: sent.append((event_name.rsplit(".", 1)[-1],
+                                                                       dict(request.headers))))
+    return sent
+
+
+def _checksum_headers(sent: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+    return [(operation, name) for operation, headers in sent for name in headers
+            if name.lower().startswith(("x-amz-checksum", "x-amz-sdk-checksum", "x-amz-trailer"))]
+
+
+async def test_uploads_send_no_checksum_headers_that_b2_refuses(small_client, auth, s3, bucket):
+    """Backblaze B2's S3 API refuses x-amz-checksum-* headers, which botocore sends by default."""
+    sent = _record_s3_requests(small_client.server.app[storage_key]._client)
+    course_id = await _course(small_client, auth)
+    for size in (100_000, 5 * MiB + 1):  # one put_object, then a multipart upload of two parts
+        response = await small_client.post(f"/api/v1/courses/{course_id}/materials?filename=f.bin",
+                                           data=os.urandom(size), headers=auth)
+        assert response.status == 201, await response.text()
+    operations = [operation for operation, _ in sent]
+    assert {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"} <= set(operations)
+    assert _checksum_headers(sent) == []
+
+
+def test_backups_send_no_checksum_headers(settings, s3, bucket, tmp_path):
+    client = backup._client(settings)
+    sent = _record_s3_requests(client)
+    archive = tmp_path / "archive"
+    archive.write_bytes(os.urandom(17 * MiB))  # above the backup's multipart threshold
+    client.upload_file(str(archive), bucket, "backups/test.dump", Config=backup.TRANSFER)
+    assert "UploadPart" in [operation for operation, _ in sent]
+    assert _checksum_headers(sent) == []
 
 
 async def test_chunked_upload_without_content_length(small_client, auth):

@@ -37,10 +37,10 @@ class S3Server(Service):
         wait_for_port(self.port, proc=self.proc)
         return self
 
-    def client(self):
+    def client(self, config=None):
         return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
                             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                            region_name=CREDENTIALS["AWS_DEFAULT_REGION"])
+                            region_name=CREDENTIALS["AWS_DEFAULT_REGION"], config=config)
 
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
