@@ -7,6 +7,7 @@ the variable; the entry points turn it into one clear line and exit 1.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
@@ -121,6 +122,13 @@ def _price_file(value: str) -> dict[str, tuple[float, float]]:
     return prices
 
 
+def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item.strip()) for item in value.split(",") if item.strip())
+    except ValueError as exc:
+        raise ValueError(f"must be comma-separated networks such as 10.0.0.0/8 ({exc})") from None
+
+
 def _read(env: Mapping[str, str], name: str, parse: Callable, default=None, required=False):
     raw = env.get(name, "")
     if raw.strip() == "":
@@ -187,6 +195,8 @@ class Settings(DatabaseSettings):
     llm_fallback_model: str | None = None
     llm_prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     app_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Non-public networks a tenant's own provider (BYOK) may nevertheless be in.
+    llm_byok_allowed_networks: tuple = ()
     max_upload_bytes: int = 1 << 30
     s3_part_bytes: int = 5 << 20
     s3_parts_in_flight: int = 6
@@ -212,6 +222,7 @@ class Settings(DatabaseSettings):
             **_fallback_fields(env),
             llm_prices=_read(env, "LLM_PRICES", _price_file, {}),
             app_encryption_keys=_read(env, "APP_ENCRYPTION_KEY", _encryption_keys, ()),
+            llm_byok_allowed_networks=_read(env, "LLM_BYOK_ALLOWED_NETWORKS", _networks, ()),
             max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int(1), 1 << 30),
             # S3 wants parts of at least 5 MiB (all but the last one).
             s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20), 5 << 20),

@@ -6,12 +6,23 @@ several comma-separated keys: the first encrypts, every one decrypts, so a key
 is rotated by putting a new key first, running ``python -m app.admin
 encryption rotate`` (re-encrypts every stored provider key with the first), and
 then dropping the old key. The plain key is never logged, returned or stored.
+
+A tenant's provider URL must lead to a public address: otherwise any tenant could
+make the server send requests into its own network (SSRF: the database, Netdata,
+the app itself, a cloud metadata service). The address is checked when the
+settings are stored, and again before every request to the provider (each retry
+and redirect too), because the name may later resolve elsewhere. An operator
+whose own provider runs on a private network lists it in LLM_BYOK_ALLOWED_NETWORKS.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
 import uuid
-from typing import Any
+from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 import asyncpg
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -19,6 +30,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from ..errors import ServiceUnavailable
 
 PREFIX_CHARS = 8
+RESOLVE_TIMEOUT_S = 5.0
 
 
 class EncryptionUnavailable(ServiceUnavailable):
@@ -48,6 +60,36 @@ class KeyBox:
 
     def rotate(self, token: bytes) -> bytes:
         return self._require().rotate(bytes(token))
+
+
+class ProviderAddressRefused(ValueError):
+    """A tenant's provider URL leads to an address that is neither public nor allowed."""
+
+
+def _refused(address: str, allowed: Iterable) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of the address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not ip.is_global and not any(ip in network for network in allowed)
+
+
+async def check_destination(url: str, allowed: Iterable = (), *, unresolved_ok: bool = False) -> None:
+    """Raise ProviderAddressRefused unless every address ``url``'s host resolves to is public
+    or in one of the ``allowed`` networks. A name that does not resolve is refused too,
+    unless ``unresolved_ok`` (the connection attempt then fails by itself)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except (socket.gaierror, TimeoutError):
+        if unresolved_ok:
+            return
+        raise ProviderAddressRefused(f"{host} does not resolve") from None
+    refused = sorted({info[4][0] for info in infos if _refused(info[4][0], allowed)})
+    if refused:
+        raise ProviderAddressRefused(f"{host} resolves to {', '.join(refused)}, which is not a public address")
 
 
 def key_prefix(api_key: str) -> str:

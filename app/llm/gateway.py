@@ -34,7 +34,7 @@ import openai
 from ..config import Settings
 from ..errors import ApiError, ServiceUnavailable
 from ..jsonutil import loads
-from . import accounting
+from . import accounting, byok
 from .byok import KeyBox
 from .prices import PriceTable
 
@@ -113,6 +113,8 @@ def classify(exc: BaseException) -> Failure:
     """What a provider exception means for the caller and for the fallback."""
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, TimeoutError)):
         return Failure("timeout", True, "timeout")
+    if isinstance(exc.__cause__, byok.ProviderAddressRefused):
+        return Failure("provider_error", False, f"address refused: {exc.__cause__}")
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError, ConnectionError)):
         return Failure("provider_error", True, "connection error")
     if isinstance(exc, openai.APIStatusError):
@@ -158,6 +160,9 @@ class Gateway:
         self.keybox = KeyBox(settings.app_encryption_keys)
         timeout = httpx2.Timeout(settings.llm_timeout_s, connect=min(settings.llm_timeout_s, 10.0))
         self._http = openai.DefaultAsyncHttpxClient(timeout=timeout, event_hooks={"request": [_count_attempt]})
+        # Tenants' own providers: every request (retries and redirects too) to a checked address.
+        self._tenant_http = openai.DefaultAsyncHttpxClient(
+            timeout=timeout, event_hooks={"request": [_count_attempt, self._check_tenant_destination]})
         self._timeout = timeout
         self._tenant_providers: OrderedDict[tuple, Provider] = OrderedDict()
         self.default = (self._provider("default", settings.openai_base_url, settings.openai_api_key,
@@ -169,10 +174,20 @@ class Gateway:
     async def close(self) -> None:
         await self.recorder.drain()
         await self._http.aclose()
+        await self._tenant_http.aclose()
+
+    async def _check_tenant_destination(self, request: httpx2.Request) -> None:
+        try:
+            await byok.check_destination(str(request.url), self.settings.llm_byok_allowed_networks,
+                                         unresolved_ok=True)
+        except byok.ProviderAddressRefused as exc:
+            # An OpenAIError: the client passes it on as it is, with no retry.
+            raise openai.APIConnectionError(message=f"refused: {exc}", request=request) from exc
 
     def _provider(self, kind: str, base_url: str, api_key: str, model: str, pinned_model: str | None = None) -> Provider:
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=self.settings.llm_max_retries,
-                                    timeout=self._timeout, http_client=self._http)
+                                    timeout=self._timeout,
+                                    http_client=self._tenant_http if kind == "tenant" else self._http)
         return Provider(kind, client, model, pinned_model)
 
     @property

@@ -35,6 +35,7 @@ def test_values_are_parsed():
     ("LLM_MAX_RETRIES", "-1"), ("MAX_UPLOAD_BYTES", "1G"), ("RATE_LIMIT_PREP_PER_MIN", "many"),
     ("CORS_ORIGINS", "not an origin"), ("LOG_LEVEL", "LOUD"), ("OPENAI_BASE_URL", "api.openai.com"),
     ("APP_ENCRYPTION_KEY", "too-short"), ("LLM_PRICES", "/nonexistent/prices.json"),
+    ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.0/33"), ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.1/8"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as caught:
@@ -89,3 +90,9 @@ def test_a_bad_price_file_is_named(tmp_path, content, problem):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**BASE, "LLM_PRICES": str(prices)})
     assert "LLM_PRICES" in str(caught.value) and problem in str(caught.value)
+
+
+def test_byok_allowed_networks_are_parsed():
+    settings = Settings.from_env({**BASE, "LLM_BYOK_ALLOWED_NETWORKS": " 10.20.0.0/16, fd00::/8 "})
+    assert [str(n) for n in settings.llm_byok_allowed_networks] == ["10.20.0.0/16", "fd00::/8"]
+    assert Settings.from_env(BASE).llm_byok_allowed_networks == ()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import subprocess
 
 import pytest
 from cryptography.fernet import Fernet
 
 from app import admin
+from app.llm import byok
 from app.keys import llm_key
 from tests.app.conftest import llm_calls
 from tests.support.llm_server import LLMServer
@@ -24,10 +26,15 @@ def own_llm():
         yield server
 
 
+# The test providers listen on loopback, which a tenant's provider may only use when the
+# operator allows it (the default refuses every non-public address: SSRF).
+LOOPBACK_ALLOWED = {"LLM_BYOK_ALLOWED_NETWORKS": "127.0.0.0/8"}
+
+
 @pytest.fixture
 async def byok_client(make_client, own_llm, fresh_llm):
     own_llm.reset()
-    return await make_client(APP_ENCRYPTION_KEY=KEY_1)
+    return await make_client(APP_ENCRYPTION_KEY=KEY_1, **LOOPBACK_ALLOWED)
 
 
 async def put_own_provider(client, auth, own_llm, **extra):
@@ -80,7 +87,7 @@ async def test_the_tenants_calls_go_to_its_provider_and_others_are_unaffected(by
 
 async def test_a_failing_own_provider_does_not_fall_back_to_the_servers(make_client, factory, own_llm, fresh_llm):
     own_llm.reset()
-    client = await make_client(APP_ENCRYPTION_KEY=KEY_1, LLM_MAX_RETRIES="0",
+    client = await make_client(APP_ENCRYPTION_KEY=KEY_1, LLM_MAX_RETRIES="0", **LOOPBACK_ALLOWED,
                                LLM_FALLBACK_BASE_URL=fresh_llm.base_url, LLM_FALLBACK_API_KEY="sk-fallback-0000")
     _, auth = await factory.tenant_with_key()
     await put_own_provider(client, auth, own_llm)
@@ -142,7 +149,7 @@ async def test_key_rotation_re_encrypts_with_the_new_key(byok_client, make_clien
     assert '"rotated":' in capsys.readouterr().out
     for stored in await db.fetch("SELECT api_key_encrypted FROM tenant_llm_settings"):
         Fernet(KEY_2).decrypt(bytes(stored["api_key_encrypted"]))  # every key now under the new one
-    rotated = await make_client(APP_ENCRYPTION_KEY=KEY_2)  # the old key is gone from the server
+    rotated = await make_client(APP_ENCRYPTION_KEY=KEY_2, **LOOPBACK_ALLOWED)  # the old key is gone from the server
     resp = await rotated.post("/api/v1/gpt", json={"prompt": "Still mine"}, headers=auth)
     assert resp.status == 200
     assert own_llm.requests()[-1]["authorization_prefix"] == TENANT_API_KEY[:8]
@@ -150,7 +157,55 @@ async def test_key_rotation_re_encrypts_with_the_new_key(byok_client, make_clien
 
 async def test_a_lost_encryption_key_is_a_clear_503(make_client, byok_client, auth, own_llm):
     await put_own_provider(byok_client, auth, own_llm)
-    stranger = await make_client(APP_ENCRYPTION_KEY=KEY_2)
+    stranger = await make_client(APP_ENCRYPTION_KEY=KEY_2, **LOOPBACK_ALLOWED)
     resp = await stranger.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)
     assert resp.status == 503
     assert (await resp.json())["error"]["code"] == "encryption_unavailable"
+
+
+@pytest.mark.parametrize("base_url", [
+    "http://127.0.0.1:8000/v1",             # the app itself, behind nginx
+    "http://localhost:5432",                # PostgreSQL, by name
+    "http://10.77.0.1:19999",               # a private network (Netdata's port)
+    "http://169.254.169.254/latest",        # a cloud metadata service
+    "http://[::1]:8000",                    # IPv6 loopback
+    "http://0x7f000001:8000",               # loopback, spelt as one hex number
+    "https://does-not-resolve.invalid/v1",  # no address at all
+])
+async def test_a_tenant_provider_on_a_non_public_address_is_refused(make_client, auth, base_url):
+    client = await make_client(APP_ENCRYPTION_KEY=KEY_1)
+    resp = await client.put("/api/v1/settings/llm", json={"base_url": base_url, "api_key": TENANT_API_KEY},
+                            headers=auth)
+    assert resp.status == 422, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "validation_failed" and "public address" in error["details"]["base_url"][0]
+    assert await (await client.get("/api/v1/settings/llm", headers=auth)).json() == {
+        "base_url": None, "model": None, "api_key_prefix": None}
+
+
+async def test_the_address_is_checked_again_on_every_call(byok_client, make_client, factory, own_llm, db):
+    """Stored while the operator allowed loopback; once that allowance is gone (as when a
+    name starts resolving to a private address) no request reaches the provider."""
+    tenant, auth = await factory.tenant_with_key()
+    await put_own_provider(byok_client, auth, own_llm)
+    strict = await make_client(APP_ENCRYPTION_KEY=KEY_1, LLM_MAX_RETRIES="2")
+    resp = await strict.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)
+    assert resp.status == 502, await resp.text()
+    assert "address refused" in (await resp.json())["error"]["message"]
+    assert own_llm.requests() == []
+    [call] = await llm_calls(db, tenant["id"])
+    assert (call["outcome"], call["provider"]) == ("provider_error", "tenant")
+
+
+@pytest.mark.parametrize("address, allowed, refused", [
+    ("8.8.8.8", (), False),
+    ("2001:4860:4860::8888", (), False),
+    ("127.0.0.1", (), True),
+    ("::ffff:127.0.0.1", (), True),  # IPv4 loopback mapped into IPv6
+    ("fe80::1%eth0", (), True),      # link-local, with a zone id
+    ("100.64.0.1", (), True),        # carrier-grade NAT
+    ("10.1.2.3", (ipaddress.ip_network("10.0.0.0/8"),), False),
+    ("10.1.2.3", (ipaddress.ip_network("192.168.0.0/16"),), True),
+])
+def test_which_addresses_are_refused(address, allowed, refused):
+    assert byok._refused(address, allowed) is refused
