@@ -16,7 +16,7 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing, unknown, revoked or expired API key, or inactive tenant",
     403: "The key lacks the scope",
     404: "No such resource for this tenant",
-    413: "The file is larger than MAX_UPLOAD_BYTES",
+    413: "The body is too large: a file over MAX_UPLOAD_BYTES, or a JSON body over 8 MiB",
     415: "Unsupported media type",
     422: "Validation failed; details list the fields",
     429: "Rate limit exceeded; see Retry-After",
@@ -34,7 +34,8 @@ _RATE_HEADERS = {
 
 def api_endpoint(*scopes: str, tags: list[str], summary: str, errors: tuple[int, ...] = (), description: str = ""):
     """Scope check + OpenAPI docs (security, common errors) for an /api/v1 handler."""
-    codes = sorted({401, 403, 429, 503, *errors})
+    # Whatever takes a body (and so may answer 415) may also find it too large.
+    codes = sorted({401, 403, 429, 503, *errors, *((413,) if 415 in errors else ())})
 
     def wrap(handler):
         for code in codes:

@@ -94,3 +94,19 @@ async def test_swagger_ui(client):
     assert resp.status == 200
     html = await resp.text()
     assert "swagger" in html.lower() and "/api/docs/swagger.json" in html
+
+
+async def test_an_oversized_json_body_is_a_documented_413(client, auth):
+    """Found by the fuzzer: a JSON body over the app's 8 MiB limit answered 413, which the
+    operations taking a body did not document."""
+    course = await (await client.post("/api/v1/courses", json={"title": "Big"}, headers=auth)).json()
+    body = b'{"modules": [{"title": "' + b"x" * (9 << 20) + b'"}]}'
+    resp = await client.put(f"/api/v1/courses/{course['id']}/structure", data=body,
+                            headers={**auth, "Content-Type": "application/json"})
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "payload_too_large"
+    paths = (await (await client.get("/api/docs/swagger.json")).json())["paths"]
+    with_bodies = [(path, method) for path, ops in paths.items() for method, op in ops.items()
+                   if "415" in op.get("responses", {})]
+    assert ("/api/v1/courses/{course_id}/structure", "put") in with_bodies
+    assert [(p, m) for p, m in with_bodies if "413" not in paths[p][m]["responses"]] == []

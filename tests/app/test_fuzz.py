@@ -39,6 +39,7 @@ def test_no_input_breaks_the_api_or_its_documentation(app_env, tmp_path):
              "--workers", "2", "--no-color"],
             cwd=tmp_path, capture_output=True, text=True, timeout=1700,
             env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.fuzz_checks", "PYTHONPATH": REPO_ROOT})
+    (tmp_path / "st.out").write_text(run.stdout); os.environ.get("FUZZ_KEEP") and Path(os.environ["FUZZ_KEEP"]).write_text(run.stdout)
     summary = run.stdout[run.stdout.rfind("SUMMARY"):]
     print(summary)
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]
