@@ -3,7 +3,7 @@ document every request and response in the OpenAPI document."""
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 TITLE = validate.Length(min=1, max=200)
 DESCRIPTION = validate.Length(max=10_000)
@@ -15,9 +15,25 @@ def _not_blank(value: str) -> None:
         raise ValidationError("Must not be blank.")
 
 
+def _has_nul(value) -> bool:
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value if not isinstance(item, dict))
+    return isinstance(value, str) and "\x00" in value
+
+
 class StrictSchema(Schema):
     """Request bodies: unknown fields are an error (marshmallow's RAISE), not silently dropped;
-    the JSON body middleware applies the same rule to top-level fields."""
+    the JSON body middleware applies the same rule to top-level fields. Text holding a NUL
+    character is refused: PostgreSQL cannot store it (nested objects check their own fields)."""
+
+    @pre_load
+    def _no_nul_characters(self, data, **kwargs):
+        if isinstance(data, dict):
+            refused = {name: ["Text must not contain NUL (\\u0000) characters."]
+                       for name, value in data.items() if _has_nul(value)}
+            if refused:
+                raise ValidationError(refused)
+        return data
 
 
 # --- errors ---------------------------------------------------------------

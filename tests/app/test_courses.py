@@ -180,3 +180,16 @@ async def test_unknown_course_is_404(client, auth, path):
 async def test_structure_of_unknown_course_is_404(client, auth):
     resp = await client.put(f"/api/v1/courses/{uuid.uuid4()}/structure", json={"modules": []}, headers=auth)
     assert resp.status == 404
+
+
+async def test_text_with_a_nul_character_is_a_422_not_a_500(client, auth):
+    """Found by the fuzzer: PostgreSQL cannot store U+0000, and such a title was a 500."""
+    resp = await client.post("/api/v1/courses", json={"title": "A\u0000B", "description": "fine"}, headers=auth)
+    assert resp.status == 422
+    assert (await resp.json())["error"]["details"] == {"title": ["Text must not contain NUL (\\u0000) characters."]}
+    course = await (await client.post("/api/v1/courses", json={"title": "Fine"}, headers=auth)).json()
+    resp = await client.put(f"/api/v1/courses/{course['id']}/structure", headers=auth, json={
+        "modules": [{"title": "M", "lessons": [{"title": "ok"}, {"title": "L", "content": "x\u0000"}]}]})
+    assert resp.status == 422
+    assert (await resp.json())["error"]["details"] == {
+        "modules": {"0": {"lessons": {"1": {"content": ["Text must not contain NUL (\\u0000) characters."]}}}}}

@@ -338,3 +338,14 @@ async def test_storage_dying_mid_upload_is_503_and_nothing_is_kept(own_s3_client
     assert response.status == 503
     listed = await (await client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
     assert listed["items"] == []
+
+
+async def test_a_part_content_type_with_control_characters_is_refused(client, auth, s3, bucket):
+    course_id = await _course(client, auth)
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n"
+            f"Content-Type: text/plain\x00evil\r\n\r\nhello\r\n--{boundary}--\r\n").encode()
+    response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
+                                 headers={**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status in (400, 422), await response.text()  # a header with NUL in it is malformed
+    assert [key for key in _objects(s3, bucket) if course_id in key] == []
