@@ -197,6 +197,20 @@ async def test_the_address_is_checked_again_on_every_call(byok_client, make_clie
     assert (call["outcome"], call["provider"]) == ("provider_error", "tenant")
 
 
+async def test_a_redirect_to_a_non_public_address_is_not_followed(make_client, factory, own_llm, fresh_llm, db):
+    """The provider is allowed (the operator lists 127.0.0.1), but it answers with a
+    redirect to another loopback address: that hop is checked too, and refused."""
+    own_llm.reset()
+    client = await make_client(APP_ENCRYPTION_KEY=KEY_1, LLM_BYOK_ALLOWED_NETWORKS="127.0.0.1/32")
+    tenant, auth = await factory.tenant_with_key()
+    await put_own_provider(client, auth, own_llm)
+    own_llm.script({"redirect_to": fresh_llm.base_url.replace("127.0.0.1", "127.0.0.2") + "/chat/completions"})
+    resp = await client.post("/api/v1/gpt", json={"prompt": "Hi"}, headers=auth)
+    assert resp.status == 502, await resp.text()
+    assert "address refused: 127.0.0.2 resolves to 127.0.0.2" in (await resp.json())["error"]["message"]
+    assert len(own_llm.requests()) == 1 and fresh_llm.requests() == []
+
+
 @pytest.mark.parametrize("address, allowed, refused", [
     ("8.8.8.8", (), False),
     ("2001:4860:4860::8888", (), False),

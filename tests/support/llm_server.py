@@ -9,7 +9,8 @@ otherwise a short text. Tests script failures on demand through a queue:
     POST /_control/behaviours  {"behaviours": [{"status": 429, "retry_after": 1},
                                                {"status": 500}, {"delay_s": 3},
                                                {"content": "not json"}, {"disconnect": true},
-                                               {"chunk_delay_s": 0.2}, {"break_after_words": 3}]}
+                                               {"chunk_delay_s": 0.2}, {"break_after_words": 3},
+                                               {"redirect_to": "http://elsewhere/v1/chat/completions"}]}
 
 Each request takes the next behaviour (then the default); ``GET /_control/requests``
 lists what was received (for streams also whether the stream ``completed``, was
@@ -84,6 +85,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if behaviour.get("disconnect"):
         request.transport.close()
         return web.Response(status=500)
+    if behaviour.get("redirect_to"):
+        raise web.HTTPTemporaryRedirect(behaviour["redirect_to"])
     if "status" in behaviour:
         headers = {"Retry-After": str(behaviour["retry_after"])} if "retry_after" in behaviour else None
         return _error(int(behaviour["status"]), behaviour.get("message", "Scripted failure."),
