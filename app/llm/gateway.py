@@ -184,10 +184,10 @@ class Gateway:
             # An OpenAIError: the client passes it on as it is, with no retry.
             raise openai.APIConnectionError(message=f"refused: {exc}", request=request) from exc
 
-    def _provider(self, kind: str, base_url: str, api_key: str, model: str, pinned_model: str | None = None) -> Provider:
+    def _provider(self, kind: str, base_url: str, api_key: str, model: str, pinned_model: str | None = None, *,
+                  http: httpx2.AsyncClient | None = None) -> Provider:
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=self.settings.llm_max_retries,
-                                    timeout=self._timeout,
-                                    http_client=self._tenant_http if kind == "tenant" else self._http)
+                                    timeout=self._timeout, http_client=http or self._http)
         return Provider(kind, client, model, pinned_model)
 
     @property
@@ -203,7 +203,8 @@ class Gateway:
             if provider is None:
                 provider = self._provider("tenant", tenant_settings["base_url"],
                                           self.keybox.decrypt(tenant_settings["api_key_encrypted"]),
-                                          tenant_settings["model"] or self.settings.llm_model)
+                                          tenant_settings["model"] or self.settings.llm_model,
+                                          http=self._tenant_http)
                 self._tenant_providers[ident] = provider
                 if len(self._tenant_providers) > TENANT_CLIENTS_KEPT:
                     self._tenant_providers.popitem(last=False)

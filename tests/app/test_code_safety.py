@@ -28,12 +28,16 @@ def _module_constants(tree: ast.Module) -> set[str]:
     """Module-level names bound once to SQL text written in the source (UPPER_CASE by convention)."""
     names = set()
     for node in tree.body:
-        fixed = isinstance(node.value, (ast.Constant, ast.JoinedStr)) or (  # or a table of fixed texts
-            isinstance(node.value, ast.Dict) and all(isinstance(v, ast.Constant) for v in node.value.values)
-        ) if isinstance(node, ast.Assign) else False
-        if fixed:
+        if isinstance(node, ast.Assign) and _fixed_text(node.value):
             names |= {t.id for t in node.targets if isinstance(t, ast.Name) and t.id.lstrip("_").isupper()}
     return names
+
+
+def _fixed_text(value: ast.expr) -> bool:
+    """Text written in the source, or a table of such texts."""
+    if isinstance(value, ast.Dict):
+        return all(isinstance(v, ast.Constant) for v in value.values)
+    return isinstance(value, (ast.Constant, ast.JoinedStr))
 
 
 def _fixed(value: ast.expr, constants: set[str]) -> bool:

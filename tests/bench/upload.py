@@ -110,7 +110,8 @@ def run() -> dict:
         material = json.loads(out)
         if (material["size_bytes"], material["sha256"]) != (SIZE, sha):
             raise RuntimeError(f"the stored file differs: {material}")
-    return {"direct_s": direct_s, "direct_default_s": direct_default_s, "app_s": app_s, "ratio": direct_s / app_s, "rss_growth_mib": growth_mib}
+    return {"direct_s": direct_s, "direct_default_s": direct_default_s, "app_s": app_s,
+            "ratio": direct_s / app_s, "rss_growth_mib": growth_mib}
 
 
 def report(result: dict) -> bool:
