@@ -14,6 +14,7 @@ from app.config import Settings
 from app.main import create_app
 from app.migrate import apply_migrations
 from tests.conftest import unique
+from tests.support.keys import UNLIMITED_KEY_ARGS
 from tests.support.pg import PostgresCluster
 from tests.support.tcpproxy import TcpProxy
 
@@ -32,8 +33,7 @@ async def test_postgres_restarted_under_load_fails_fast_and_recovers(aiohttp_cli
         env = {**app_env, "DATABASE_URL": url}
         tenant = admin("tenant", "create", "Faults", "--json", env=env)
         tenant_id = json.loads(tenant.stdout)["id"]
-        key = json.loads(admin("key", "issue", tenant_id, "--rate-limit-prep", "1000000", "--rate-limit-check",
-                               "1000000", "--json", env=env).stdout)["key"]
+        key = json.loads(admin("key", "issue", tenant_id, *UNLIMITED_KEY_ARGS, "--json", env=env).stdout)["key"]
         client = await aiohttp_client(await create_app(Settings.from_env(env)))
         headers = {"X-API-Key": key}
 

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from tests.conftest import REPO_ROOT, unique
 from tests.support.gunicorn import Gunicorn
+from tests.support.keys import UNLIMITED_KEY_ARGS
 
 from .test_admin_cli import admin
 
@@ -30,8 +31,8 @@ CHECKS = "never_a_500,matches_the_documentation,status_code_conformance"
 def test_no_input_breaks_the_api_or_its_documentation(app_env, tmp_path):
     env = {**app_env, "APP_ENCRYPTION_KEY": Fernet.generate_key().decode()}
     tenant = json.loads(admin("tenant", "create", unique("fuzz"), "--json", env=env).stdout)
-    key = json.loads(admin("key", "issue", tenant["id"], "--scopes", "prep,check", "--rate-limit-prep", "100000000",
-                           "--rate-limit-check", "100000000", "--json", env=env).stdout)["key"]
+    key = json.loads(admin("key", "issue", tenant["id"], "--scopes", "prep,check", *UNLIMITED_KEY_ARGS, "--json",
+                           env=env).stdout)["key"]
     with Gunicorn(env, workers=2) as server:
         run = subprocess.run(
             [str(Path(sys.executable).parent / "st"), "run", f"{server.url}/api/docs/swagger.json",

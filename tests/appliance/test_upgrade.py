@@ -19,6 +19,7 @@ import pytest
 
 from app import __version__
 from tests.localvps.layout import ROOT
+from tests.support.keys import unlimited_key_command
 
 from .load import Load
 
@@ -31,9 +32,7 @@ MIN_REQUESTS = 200
 def load_key(host) -> str:
     """A key whose limits the load cannot reach (a 429 would count as a failure)."""
     tenant = json.loads(host.check_output("course-supporter-admin tenant create 'Load test' --json"))
-    key = json.loads(host.check_output(
-        f"course-supporter-admin key issue {tenant['id']} --label load --rate-limit-prep 100000000 "
-        "--rate-limit-check 100000000 --json"))
+    key = json.loads(host.check_output(unlimited_key_command(tenant["id"], "load")))
     return key["key"]
 
 

@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver
 
 from app.migrate import apply_migrations
 from tests.support.gunicorn import Gunicorn
+from tests.support.keys import unlimited_key_command
 from tests.support.pg import PostgresCluster
 from tests.support.s3 import S3Server, app_environment
 
@@ -125,10 +126,8 @@ def run_vps() -> dict:
                    stdout=subprocess.DEVNULL)
     try:
         vps = json.loads(VPS_JSON.read_text())
-        admin = "course-supporter-admin"
-        tenant = json.loads(machine.ssh(f"{admin} tenant create 'Bench mix' --json").stdout)
-        key = json.loads(machine.ssh(f"{admin} key issue {tenant['id']} --rate-limit-prep 2000000000 "
-                                     "--rate-limit-check 2000000000 --label bench --json").stdout)["key"]
+        tenant = json.loads(machine.ssh("course-supporter-admin tenant create 'Bench mix' --json").stdout)
+        key = json.loads(machine.ssh(unlimited_key_command(tenant["id"], "bench")).stdout)["key"]
         return asyncio.run(_drive_vps(vps, key))
     finally:
         if not was_up:

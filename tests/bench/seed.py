@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from app import courses, tenants
+from tests.support.keys import UNLIMITED
 
 
 async def seed(database_url: str) -> tuple[str, str]:
@@ -12,7 +13,7 @@ async def seed(database_url: str) -> tuple[str, str]:
     try:
         tenant = await tenants.create_tenant(conn, "Bench")
         key = await tenants.issue_key(conn, tenant["id"], scopes=tenants.SCOPES, label="bench", env="test",
-                                      rate_limit_prep=2_000_000_000, rate_limit_check=2_000_000_000, expires_at=None)
+                                      rate_limit_prep=UNLIMITED, rate_limit_check=UNLIMITED, expires_at=None)
         course = await courses.create_course(conn, tenant["id"], "Benchmarking 101", "A course to read")
         modules = [{"title": f"Module {m}", "lessons": [{"title": f"Lesson {m}.{n}", "content": "text " * 50}
                                                          for n in range(1, 5)]} for m in range(1, 4)]
