@@ -26,6 +26,12 @@ def fingerprint(host, database: str = "course_supporter") -> list[str]:
                              database, FINGERPRINT_SQL).splitlines()
 
 
+def encoding_and_locale(host, database: str) -> str:
+    return host.check_output(
+        "runuser -u postgres -- psql -X -q -t -A -d postgres -c %s",
+        f"SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = '{database}'")
+
+
 class HealthProbe:
     """GET /health over HTTPS every PROBE_INTERVAL_S in a thread: what answered, and when."""
 
@@ -93,6 +99,9 @@ def test_restore_latest_brings_back_exactly_the_backed_up_data(host, vps, curl):
 
     assert fingerprint(host) == before  # every row, every sequence, as backed up
     assert fingerprint(host, "course_supporter_before_restore") != before  # what it replaced is kept
+    # The fresh database was made like the one it replaced.
+    assert encoding_and_locale(host, "course_supporter") == "UTF8|C.UTF-8|C.UTF-8"
+    assert encoding_and_locale(host, "course_supporter_before_restore") == "UTF8|C.UTF-8|C.UTF-8"
     assert curl.json("/health")[0] == 200
     status, fetched = curl.json(f"/api/v1/courses/{kept['id']}", *key)
     assert status == 200 and {name: fetched[name] for name in kept} == kept
