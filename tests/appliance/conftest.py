@@ -88,6 +88,11 @@ def s3_client():
                         aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
 
 
+def psql(host, sql: str, database: str = "postgres") -> str:
+    """One statement's rows on the VPS, as psql's unaligned output, run as the postgres user."""
+    return host.check_output("runuser -u postgres -- psql -X -q -t -A -d %s -c %s", database, sql)
+
+
 def wait_for(predicate, timeout: float, interval: float = 2.0):
     """Poll until ``predicate()`` is truthy (returned) or ``timeout`` seconds pass (None)."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from .conftest import wait_for
+from .conftest import psql, wait_for
 
 SERVICES = ["course-supporter", "postgresql", "nginx", "netdata", "nftables", "ssh"]
 
@@ -106,9 +106,8 @@ def test_certbot_renews_from_the_timer_and_reloads_nginx(host, vps):
 
 
 def test_postgres_uses_scram_for_the_app_role(host):
-    out = host.check_output("runuser -u postgres -- psql -XAtc "
-                            "\"SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'course_supporter'\"")
-    assert out == "t"
+    assert psql(host, "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid "
+                      "WHERE rolname = 'course_supporter'") == "t"
 
 
 def test_netdata_alarms_are_loaded(host):

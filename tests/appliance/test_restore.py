@@ -15,21 +15,19 @@ import urllib.request
 from tests.localvps.layout import ROOT, S3_BUCKET
 from tests.support.pg import FINGERPRINT_SQL
 
-from .conftest import s3_client
+from .conftest import psql, s3_client
 
 PROBE_INTERVAL_S = 0.25
 PROBE_MAX = 4000  # bounded: ~17 minutes of probing at most
 
 
 def fingerprint(host, database: str = "course_supporter") -> list[str]:
-    return host.check_output("runuser -u postgres -- psql -X -q -t -A -d %s -c %s",
-                             database, FINGERPRINT_SQL).splitlines()
+    return psql(host, FINGERPRINT_SQL, database).splitlines()
 
 
 def encoding_and_locale(host, database: str) -> str:
-    return host.check_output(
-        "runuser -u postgres -- psql -X -q -t -A -d postgres -c %s",
-        f"SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = '{database}'")
+    return psql(host, "SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                      f"WHERE datname = '{database}'")
 
 
 class HealthProbe:
