@@ -10,9 +10,14 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
 
 # The units the playbooks add; each runs sandboxed (systemd-analyze's 0-10 exposure scale).
 OUR_SERVICES = ["course-supporter.service", "course-supporter-backup.service"]
@@ -128,9 +133,11 @@ def test_every_service_we_add_is_sandboxed(host, unit):
     assert score <= MAX_EXPOSURE, out
 
 
-def test_floods_without_a_valid_key_are_limited_per_address_by_nginx(vps):
+def test_floods_without_a_valid_key_are_limited_per_address_by_nginx(vps, curl):
     """200 requests without a usable key from 20 connections at once: nginx answers most
-    with a JSON 429 itself (a burst of 40 passes); keyed requests meanwhile are untouched."""
+    with a JSON 429 itself (a burst of 40 passes); keyed requests meanwhile are untouched.
+    Once the burst has drained at the limit's rate, the address is served again (and the
+    tests after this one start from an empty bucket)."""
     async def flood() -> tuple[collections.Counter, collections.Counter]:
         context = ssl.create_default_context(cafile=vps["ca_cert"])
         base, host = f"https://{vps['address']}", {"Host": vps["domain"]}
@@ -154,3 +161,9 @@ def test_floods_without_a_valid_key_are_limited_per_address_by_nginx(vps):
     assert set(unkeyed) <= {(429, "rate_limited"), (401, "missing_api_key"), (401, "invalid_api_key")}
     assert keyed == {(200, None): 20}
     print(f"\nunkeyed flood: {dict(unkeyed)}; keyed meanwhile: {dict(keyed)}")
+
+    defaults = yaml.safe_load((Path(REPO_ROOT) / "roles/nginx/defaults/main.yml").read_text())
+    rate_per_s = int(re.fullmatch(r"(\d+)r/s", defaults["nginx_unkeyed_rate"]).group(1))
+    time.sleep(defaults["nginx_unkeyed_burst"] / rate_per_s + 0.5)
+    status, body = curl.json("/api/v1/courses")
+    assert (status, body["error"]["code"]) == (401, "missing_api_key")
