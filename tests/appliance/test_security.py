@@ -11,13 +11,12 @@ import ssl
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.localvps.layout import ROOT
 
 # The units the playbooks add; each runs sandboxed (systemd-analyze's 0-10 exposure scale).
 OUR_SERVICES = ["course-supporter.service", "course-supporter-backup.service"]
@@ -162,7 +161,7 @@ def test_floods_without_a_valid_key_are_limited_per_address_by_nginx(vps, curl):
     assert keyed == {(200, None): 20}
     print(f"\nunkeyed flood: {dict(unkeyed)}; keyed meanwhile: {dict(keyed)}")
 
-    defaults = yaml.safe_load((Path(REPO_ROOT) / "roles/nginx/defaults/main.yml").read_text())
+    defaults = yaml.safe_load((ROOT / "roles/nginx/defaults/main.yml").read_text())
     rate_per_s = int(re.fullmatch(r"(\d+)r/s", defaults["nginx_unkeyed_rate"]).group(1))
     time.sleep(defaults["nginx_unkeyed_burst"] / rate_per_s + 0.5)
     status, body = curl.json("/api/v1/courses")
