@@ -10,9 +10,14 @@ then dropping the old key. The plain key is never logged, returned or stored.
 A tenant's provider URL must lead to a public address: otherwise any tenant could
 make the server send requests into its own network (SSRF: the database, Netdata,
 the app itself, a cloud metadata service). The address is checked when the
-settings are stored, and again before every request to the provider (each retry
-and redirect too), because the name may later resolve elsewhere. An operator
-whose own provider runs on a private network lists it in LLM_BYOK_ALLOWED_NETWORKS.
+settings are stored, and again on every connection to the provider (a retry or a
+redirect that needs a new connection too), because the name may later resolve
+elsewhere. That second check is made by the connection itself
+(``CheckedTransport``): it resolves the name once, checks every address, and
+connects to an address it checked. So a name that answers with a public address
+to the check and a private one a moment later (DNS rebinding) cannot slip
+through. An operator whose own provider runs on a private network lists it in
+LLM_BYOK_ALLOWED_NETWORKS.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import asyncio
 import ipaddress
 import socket
 import uuid
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpcore2
+import httpx2
+import openai
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from ..errors import ServiceUnavailable
@@ -73,23 +81,98 @@ def _refused(address: str, allowed: Iterable) -> bool:
     return not ip.is_global and not any(ip in network for network in allowed)
 
 
-async def check_destination(url: str, allowed: Iterable = (), *, unresolved_ok: bool = False) -> None:
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to, in the resolver's order (socket.gaierror or
+    TimeoutError if none)."""
+    async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def check_addresses(host: str, addresses: Iterable[str], allowed: Iterable) -> None:
+    """Raise ProviderAddressRefused if any of ``host``'s addresses is neither public nor allowed."""
+    refused = sorted({address for address in addresses if _refused(address, allowed)})
+    if refused:
+        raise ProviderAddressRefused(f"{host} resolves to {', '.join(refused)}, which is not a public address")
+
+
+async def check_destination(url: str, allowed: Iterable = ()) -> None:
     """Raise ProviderAddressRefused unless every address ``url``'s host resolves to is public
-    or in one of the ``allowed`` networks. A name that does not resolve is refused too,
-    unless ``unresolved_ok`` (the connection attempt then fails by itself)."""
+    or in one of the ``allowed`` networks. A name that does not resolve is refused too."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+        addresses = await resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
     except (socket.gaierror, TimeoutError):
-        if unresolved_ok:
-            return
         raise ProviderAddressRefused(f"{host} does not resolve") from None
-    refused = sorted({info[4][0] for info in infos if _refused(info[4][0], allowed)})
-    if refused:
-        raise ProviderAddressRefused(f"{host} resolves to {', '.join(refused)}, which is not a public address")
+    check_addresses(host, addresses, allowed)
+
+
+class RefusedConnection(openai.APIConnectionError):
+    """A connection to a refused address was not made. An OpenAIError, so the client
+    passes it on as it is, with no retry (the address would be refused again). The
+    refusal travels as an attribute: httpcore re-raises connection errors ``from None``."""
+
+    def __init__(self, refusal: ProviderAddressRefused, *, request: httpx2.Request) -> None:
+        super().__init__(message=f"refused: {refusal}", request=request)
+        self.refusal = refusal
+
+
+class CheckedBackend(httpcore2.AsyncNetworkBackend):
+    """Opens TCP connections only to addresses that pass the check. Each name is
+    resolved once per connection, and the connection goes to an address from that
+    same answer: the address checked is the address connected to. TLS still
+    verifies the certificate against the name (httpcore passes it as the server name)."""
+
+    def __init__(self, allowed: Iterable = (), *, resolver: Resolver = resolve) -> None:
+        self._allowed = tuple(allowed)
+        self._resolve = resolver
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options=None) -> httpcore2.AsyncNetworkStream:
+        try:
+            addresses = await self._resolve(host, port)
+        except (socket.gaierror, TimeoutError) as exc:
+            raise httpcore2.ConnectError(f"{host} does not resolve: {exc}") from exc
+        try:
+            check_addresses(host, addresses, self._allowed)
+        except ProviderAddressRefused as exc:
+            request = httpx2.Request("GET", httpx2.URL(scheme="http", host=host, port=port))
+            raise RefusedConnection(exc, request=request) from exc
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
+                                                     socket_options=socket_options)
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                failure = exc
+        raise failure or httpcore2.ConnectError(f"{host} has no address")
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
+        raise httpcore2.ConnectError("a tenant's provider is reached over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class CheckedTransport(httpx2.AsyncHTTPTransport):
+    """httpx's own transport (TLS verified, keep-alive pool), whose connections are
+    made by CheckedBackend. No proxy: a proxy would resolve the name itself."""
+
+    def __init__(self, allowed: Iterable = (), *, resolver: Resolver = resolve,
+                 limits: httpx2.Limits = openai.DEFAULT_CONNECTION_LIMITS) -> None:
+        # Not super().__init__(): it builds the same pool with httpcore's default backend.
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=httpx2.create_ssl_context(trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=CheckedBackend(allowed, resolver=resolver),
+        )
 
 
 def key_prefix(api_key: str) -> str:

@@ -113,8 +113,8 @@ def classify(exc: BaseException) -> Failure:
     """What a provider exception means for the caller and for the fallback."""
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException, TimeoutError)):
         return Failure("timeout", True, "timeout")
-    if isinstance(exc.__cause__, byok.ProviderAddressRefused):
-        return Failure("provider_error", False, f"address refused: {exc.__cause__}")
+    if isinstance(exc, byok.RefusedConnection):
+        return Failure("provider_error", False, f"address refused: {exc.refusal}")
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError, ConnectionError)):
         return Failure("provider_error", True, "connection error")
     if isinstance(exc, openai.APIStatusError):
@@ -160,9 +160,10 @@ class Gateway:
         self.keybox = KeyBox(settings.app_encryption_keys)
         timeout = httpx2.Timeout(settings.llm_timeout_s, connect=min(settings.llm_timeout_s, 10.0))
         self._http = openai.DefaultAsyncHttpxClient(timeout=timeout, event_hooks={"request": [_count_attempt]})
-        # Tenants' own providers: every request (retries and redirects too) to a checked address.
+        # Tenants' own providers: every connection (for retries and redirects too) to a checked address.
         self._tenant_http = openai.DefaultAsyncHttpxClient(
-            timeout=timeout, event_hooks={"request": [_count_attempt, self._check_tenant_destination]})
+            timeout=timeout, transport=byok.CheckedTransport(settings.llm_byok_allowed_networks), trust_env=False,
+            event_hooks={"request": [_count_attempt]})
         self._timeout = timeout
         self._tenant_providers: OrderedDict[tuple, Provider] = OrderedDict()
         self.default = (self._provider("default", settings.openai_base_url, settings.openai_api_key,
@@ -175,14 +176,6 @@ class Gateway:
         await self.recorder.drain()
         await self._http.aclose()
         await self._tenant_http.aclose()
-
-    async def _check_tenant_destination(self, request: httpx2.Request) -> None:
-        try:
-            await byok.check_destination(str(request.url), self.settings.llm_byok_allowed_networks,
-                                         unresolved_ok=True)
-        except byok.ProviderAddressRefused as exc:
-            # An OpenAIError: the client passes it on as it is, with no retry.
-            raise openai.APIConnectionError(message=f"refused: {exc}", request=request) from exc
 
     def _provider(self, kind: str, base_url: str, api_key: str, model: str, pinned_model: str | None = None, *,
                   http: httpx2.AsyncClient | None = None) -> Provider:

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import subprocess
 
+import httpx2
 import pytest
 from cryptography.fernet import Fernet
 
@@ -223,3 +224,63 @@ async def test_a_redirect_to_a_non_public_address_is_not_followed(make_client, f
 ])
 def test_which_addresses_are_refused(address, allowed, refused):
     assert byok._refused(address, allowed) is refused
+
+
+class TwoAddressServer:
+    """A tiny HTTP server on 127.0.0.1 and 127.0.0.2 (same port) that records which of
+    its addresses each connection reached and the Host it asked for."""
+
+    def __init__(self) -> None:
+        self.hits: list[tuple[str, str]] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        host = next(line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("host:"))
+        self.hits.append((writer.get_extra_info("sockname")[0], host))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def __aenter__(self) -> "TwoAddressServer":
+        first = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = first.sockets[0].getsockname()[1]
+        self.servers = [first, await asyncio.start_server(self._serve, "127.0.0.2", self.port)]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+
+async def test_a_connection_goes_to_the_address_that_was_checked():
+    """DNS rebinding: the provider's name answers an allowed address, then a refused
+    one. Each new connection resolves the name once, checks every address of that
+    answer and connects to one of them, so the refused answer is never connected to
+    (a check and a separate lookup for the connection could each get a different answer)."""
+    answers = iter([["127.0.0.1"], ["127.0.0.2"], ["127.0.0.1", "127.0.0.2"]])
+    asked: list[tuple[str, int]] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return next(answers)
+
+    transport = byok.CheckedTransport([ipaddress.ip_network("127.0.0.1/32")], resolver=resolver)
+    async with TwoAddressServer() as server, httpx2.AsyncClient(transport=transport) as http:
+        url = f"http://provider.test:{server.port}/v1/models"
+        resp = await http.get(url)
+        assert (resp.status_code, resp.text) == (200, "ok")
+        assert server.hits == [("127.0.0.1", f"provider.test:{server.port}")]  # the name is kept for Host
+        for refused in ("127.0.0.2", "127.0.0.2"):  # alone, then beside an allowed address
+            with pytest.raises(byok.RefusedConnection) as caught:
+                await http.get(url)
+            assert str(caught.value.refusal) == f"provider.test resolves to {refused}, which is not a public address"
+        assert server.hits == [("127.0.0.1", f"provider.test:{server.port}")]
+        assert asked == [("provider.test", server.port)] * 3  # once per connection, nothing else
+
+
+async def test_a_name_that_does_not_resolve_is_a_connection_error():
+    transport = byok.CheckedTransport()
+    async with httpx2.AsyncClient(transport=transport) as http:
+        with pytest.raises(httpx2.ConnectError, match="does-not-resolve.invalid does not resolve"):
+            await http.get("https://does-not-resolve.invalid/v1")
