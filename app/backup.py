@@ -76,15 +76,15 @@ def _objects(client, bucket: str):
         yield from page.get("Contents", [])
 
 
-def list_backups(settings: Settings) -> list[dict]:
+def list_backups(settings: Settings, client=None) -> list[dict]:
     found = [{"key": o["Key"], "size_bytes": o["Size"], "last_modified": o["LastModified"]}
-             for o in _objects(_client(settings), settings.s3_bucket) if o["Key"].endswith(".dump")]
+             for o in _objects(client or _client(settings), settings.s3_bucket) if o["Key"].endswith(".dump")]
     return sorted(found, key=lambda b: b["key"])
 
 
-def find(settings: Settings, name: str) -> dict:
+def find(settings: Settings, name: str, client=None) -> dict:
     """The backup ``name`` names: "latest", an object key, or a key without ``backups/``."""
-    backups = list_backups(settings)
+    backups = list_backups(settings, client)
     if name == "latest":
         if not backups:
             raise BackupFailed(f"there is no backup in the bucket under {PREFIX}")
@@ -99,9 +99,10 @@ def find(settings: Settings, name: str) -> dict:
 def restore(settings: Settings, name: str, database: str) -> dict:
     """Stream backup ``name`` into ``pg_restore`` against the empty ``database`` (same
     server and login as DATABASE_URL). One transaction: it is restored whole or not at all."""
-    found = find(settings, name)
+    client = _client(settings)
+    found = find(settings, name, client)
     started = time.monotonic()
-    body = _client(settings).get_object(Bucket=settings.s3_bucket, Key=found["key"])["Body"]
+    body = client.get_object(Bucket=settings.s3_bucket, Key=found["key"])["Body"]
     with tempfile.TemporaryFile() as errors:
         load = subprocess.Popen(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
                                  "--single-transaction", f"--dbname={database}"],
