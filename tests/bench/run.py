@@ -16,12 +16,18 @@ connection is released: two round trips per request. A third server runs the
 same bare app with that reset skipped (as the app's own pool skips it), one
 round trip per request; its figure and the app's ratio against it are printed
 too, for the issue's reading of the target ("one bare DB round trip").
+
+Each wrk run also reads the workers' CPU time from /proc: the CPU per request
+is a steadier figure than rps on a noisy machine, and the busiest worker's
+share shows how wrk's keep-alive connections landed: the first worker to wake
+may accept all 16, and then one worker serves the whole round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import statistics
@@ -57,23 +63,60 @@ def wrk(url: str, headers: dict[str, str], duration: int = DURATION_S) -> dict[s
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
-    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale, "requests": requests}
 
 
-def measure_alternating(targets: dict[str, tuple[str, dict[str, str]]]) -> dict[str, dict]:
-    """wrk against each (url, headers) target in turn, ROUNDS times, the order flipping
-    each round; per target the median rps and p99 and every round's rps."""
-    for url, headers in targets.values():
+def cpu_seconds(pids: list[int]) -> list[float]:
+    """User + system CPU time of each process so far (from /proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = []
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        seconds.append((int(fields[11]) + int(fields[12])) / ticks)
+    return seconds
+
+
+def host_cpu() -> tuple[int, int]:
+    """(stolen, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def stolen_share(since: tuple[int, int]) -> float:
+    """The share of the machine's CPU time that its host gave to others since ``since``:
+    a virtual machine's figures mean little while this is high."""
+    stolen, total = host_cpu()
+    return (stolen - since[0]) / max(total - since[1], 1)
+
+
+def wrk_with_cpu(url: str, headers: dict[str, str], workers: list[int]) -> dict[str, float]:
+    """wrk, plus the gunicorn workers' CPU per request and the busiest worker's share of it."""
+    before = cpu_seconds(workers)
+    result = wrk(url, headers)
+    used = [after - was for after, was in zip(cpu_seconds(workers), before)]
+    total = sum(used) or 1e-9
+    return {**result, "cpu_us": total / result["requests"] * 1e6, "busiest_share": max(used) / total}
+
+
+def measure_alternating(targets: dict[str, tuple[str, dict[str, str], list[int]]]) -> dict[str, dict]:
+    """wrk against each (url, headers, worker pids) target in turn, ROUNDS times, the
+    order flipping each round; per target the medians of rps, p99, worker CPU per
+    request and the busiest worker's share of that CPU, and every round's rps."""
+    for url, headers, _ in targets.values():
         wrk(url, headers, duration=WARM_UP_S)  # pools, caches, plans
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     order = list(targets)
     for _ in range(ROUNDS):
         for name in order:
-            runs[name].append(wrk(*targets[name]))
+            runs[name].append(wrk_with_cpu(*targets[name]))
         order.reverse()
-    return {name: {"rps": statistics.median(r["rps"] for r in results),
-                   "p99_ms": statistics.median(r["p99_ms"] for r in results),
-                   "rounds": [r["rps"] for r in results]}
+    return {name: {**{figure: statistics.median(r[figure] for r in results)
+                      for figure in ("rps", "p99_ms", "cpu_us", "busiest_share")},
+                   "rounds": [r["rps"] for r in results],
+                   "busiest_shares": [r["busiest_share"] for r in results]}
             for name, results in runs.items()}
 
 
@@ -81,6 +124,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: run `make deps`", file=sys.stderr)
         return 1
+    started = host_cpu()
     with PostgresCluster() as pg, S3Server() as s3:
         database_url = pg.create_database("bench")
         apply_migrations(database_url)
@@ -95,10 +139,12 @@ def main() -> int:
                 Gunicorn(env, workers=WORKERS, app="tests.bench.bare_app:create_app_one_round_trip",
                          ready_path="/select1"))
             figures = measure_alternating({
-                "app": (f"{app_server.url}/api/v1/courses/{course_id}", {"X-API-Key": key}),
-                "bare": (f"{bare_server.url}/select1", {}),
-                "one_trip": (f"{one_trip_server.url}/select1", {}),
+                "app": (f"{app_server.url}/api/v1/courses/{course_id}", {"X-API-Key": key},
+                        app_server.worker_pids()),
+                "bare": (f"{bare_server.url}/select1", {}, bare_server.worker_pids()),
+                "one_trip": (f"{one_trip_server.url}/select1", {}, one_trip_server.worker_pids()),
             })
+    api_stolen = stolen_share(started)
     app, bare, one_trip = figures["app"], figures["bare"], figures["one_trip"]
     ratio = app["rps"] / bare["rps"]
     round_ratios = [a / b for a, b in zip(app["rounds"], bare["rounds"])]
@@ -116,8 +162,15 @@ def main() -> int:
     print(f"{'rounds, bare rps':40} {' '.join(f'{x:.0f}' for x in bare['rounds'])}")
     print(f"{'rounds, ratio':40} {' '.join(f'{x:.2f}' for x in round_ratios)}")
     print(f"{'rounds, one-round-trip bare rps':40} {' '.join(f'{x:.0f}' for x in one_trip['rounds'])}")
+    print(f"{'worker CPU per request, µs':40} app {app['cpu_us']:.0f}, bare {bare['cpu_us']:.0f}, "
+          f"one round trip {one_trip['cpu_us']:.0f}")
+    for name, side in (("app", app), ("bare", bare), ("one round trip", one_trip)):
+        print(f"{'rounds, busiest worker CPU share, ' + name:40} "
+              f"{' '.join(f'{x:.0%}' for x in side['busiest_shares'])}")
     print(f"app against the bare app without the pool reset (one round trip per request): "
           f"{app['rps'] / one_trip['rps']:.2f}")
+    print(f"CPU stolen by the host: {api_stolen:.0%} during the API bench, {stolen_share(started):.0%} "
+          f"during the whole run (figures from a run with much stolen are noise)")
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"throughput ratio app/bare = {ratio:.2f} (target >= {TARGET_RATIO}: {verdict})")
     return 0 if ratio >= TARGET_RATIO and uploads_ok and gateway_ok and mix_ok and mix_vps_ok else 1
