@@ -17,10 +17,10 @@ same bare app with that reset skipped (as the app's own pool skips it), one
 round trip per request; its figure and the app's ratio against it are printed
 too, for the issue's reading of the target ("one bare DB round trip").
 
-Each wrk run also reads the workers' CPU time from /proc: the CPU per request
-is a steadier figure than rps on a noisy machine, and the busiest worker's
-share shows how wrk's keep-alive connections landed: the first worker to wake
-may accept all 16, and then one worker serves the whole round.
+Each wrk run also reads the workers' CPU time from /proc: the sides' CPU per
+request compares more steadily than their rps on a noisy machine, and the
+busiest worker's share shows how wrk's keep-alive connections landed: the first
+worker to wake may accept all 16, and then one worker serves the whole round.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def wrk_with_cpu(url: str, headers: dict[str, str], workers: list[int]) -> dict[
 
 def measure_alternating(targets: dict[str, tuple[str, dict[str, str], list[int]]]) -> dict[str, dict]:
     """wrk against each (url, headers, worker pids) target in turn, ROUNDS times, the
-    order flipping each round; per target the medians of rps, p99, worker CPU per
-    request and the busiest worker's share of that CPU, and every round's rps."""
+    order flipping each round; per target the medians of rps, p99 and worker CPU per
+    request, and every round's rps and busiest worker's share of that CPU."""
     for url, headers, _ in targets.values():
         wrk(url, headers, duration=WARM_UP_S)  # pools, caches, plans
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
@@ -114,7 +114,7 @@ def measure_alternating(targets: dict[str, tuple[str, dict[str, str], list[int]]
             runs[name].append(wrk_with_cpu(*targets[name]))
         order.reverse()
     return {name: {**{figure: statistics.median(r[figure] for r in results)
-                      for figure in ("rps", "p99_ms", "cpu_us", "busiest_share")},
+                      for figure in ("rps", "p99_ms", "cpu_us")},
                    "rounds": [r["rps"] for r in results],
                    "busiest_shares": [r["busiest_share"] for r in results]}
             for name, results in runs.items()}
