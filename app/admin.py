@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.fernet import Fernet
 
 from . import backup, tenants
-from .config import ConfigError, DatabaseSettings, Settings, encryption_keys_from_env
+from .config import MAX_RATE_LIMIT_PER_MIN, ConfigError, DatabaseSettings, Settings, encryption_keys_from_env
 from .llm import byok
 from .llm.byok import EncryptionUnavailable, KeyBox
 from .jsonutil import dumps
@@ -46,14 +46,20 @@ def _scopes(value: str) -> list[str]:
     return sorted(set(scopes), key=tenants.SCOPES.index)
 
 
-def _non_negative(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer: {value!r}")
-    return number
+def _whole_number(maximum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if not 0 <= number <= maximum:
+            raise argparse.ArgumentTypeError(f"must be an integer from 0 to {maximum}: {value!r}")
+        return number
+
+    return parse
+
+
+MAX_KEEP_DAYS = 36_500
 
 
 def _future_timestamp(value: str) -> datetime.datetime:
@@ -85,6 +91,10 @@ async def _with_connection(settings: DatabaseSettings, work: Callable) -> Any:
         return await work(conn)
     except (tenants.UnknownTenant, tenants.UnknownKey) as exc:
         raise CommandError(str(exc)) from None
+    except asyncpg.UndefinedTableError as exc:
+        raise CommandError(f"the database has no schema yet ({exc}): run `migrate` first") from None
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise CommandError(f"the database refused the command: {exc}") from None
     finally:
         await conn.close()
 
@@ -230,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--scopes", type=_scopes, default=list(tenants.SCOPES), help="comma-separated: prep,check")
     issue.add_argument("--label", default="", help="free text to recognise the key by")
     issue.add_argument("--env", choices=tenants.KEY_ENVS, default="live")
-    issue.add_argument("--rate-limit-prep", type=_non_negative, help="prep requests per minute")
-    issue.add_argument("--rate-limit-check", type=_non_negative, help="check requests per minute")
+    issue.add_argument("--rate-limit-prep", type=_whole_number(MAX_RATE_LIMIT_PER_MIN),
+                       help="prep requests per minute")
+    issue.add_argument("--rate-limit-check", type=_whole_number(MAX_RATE_LIMIT_PER_MIN),
+                       help="check requests per minute")
     issue.add_argument("--expires-at", type=_future_timestamp, help="ISO 8601 expiry (UTC if no offset)")
     issue.set_defaults(func=cmd_key_issue)
     listing = key.add_parser("list", parents=[json_flag], help="list a tenant's keys")
@@ -254,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         .add_subparsers(dest="action", required=True, metavar="ACTION")
     create_backup = backups.add_parser("create", parents=[json_flag],
                                        help="pg_dump the database into the bucket under backups/")
-    create_backup.add_argument("--keep-days", type=_non_negative, default=14,
+    create_backup.add_argument("--keep-days", type=_whole_number(MAX_KEEP_DAYS), default=14,
                                help="then delete backups older than this many days (default 14)")
     create_backup.set_defaults(func=cmd_backup_create)
     backups.add_parser("list", parents=[json_flag], help="the backups in the bucket") \

@@ -1,10 +1,13 @@
 """API-key authentication, scopes and rate limits for ``/api/v1/*``.
 
-Handlers declare the scopes they accept with ``@requires_scopes(...)``. The
+Handlers declare the scopes they accept with ``@requires_scopes(...)``; an
+unknown path or method under ``/api/v1/`` needs a key all the same. The
 middleware hashes the presented key (the raw key is never compared or
 stored), and one statement looks the key up and counts the request
-(see ``ratelimit``). Nothing is cached: a revoked key or a deactivated
-tenant is refused on the very next request.
+(see ``ratelimit``). Every ``/api/v1/*`` response carries the rate-limit
+headers: the key's figures once it is counted, ``NO_ALLOWANCE`` before.
+Nothing is cached: a revoked key or a deactivated tenant is refused on the
+very next request.
 """
 
 from __future__ import annotations
@@ -52,11 +55,20 @@ def caller(request: web.Request) -> Caller:
     return request[caller_key]
 
 
+# An unknown path or method under /api/v1/ (404/405) is authenticated and counted like
+# an endpoint open to both scopes: every /api/v1/* request needs a key.
+ANY_SCOPE = ("prep", "check")
+# What the rate-limit headers say before a usable key with the endpoint's scope is
+# known (401, 403): no requests are allowed, and waiting frees none.
+NO_ALLOWANCE = {"X-RateLimit-Limit": "0", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "0"}
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
-    scopes = getattr(request.match_info.handler, "required_scopes", None)
-    if scopes is None or not request.path.startswith(API_PREFIX):
-        return await handler(request)  # public endpoint, or no such route (404/405)
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)  # public endpoint (health, docs), or no such route
+    scopes = getattr(request.match_info.handler, "required_scopes", ANY_SCOPE)
+    request[ratelimit_headers_key] = NO_ALLOWANCE
 
     presented = request.headers.get(HEADER, "")
     if not presented:

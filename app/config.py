@@ -46,7 +46,11 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _int(minimum: int) -> Callable[[str], int]:
+# A key's per-minute limits are stored as PostgreSQL integers.
+MAX_RATE_LIMIT_PER_MIN = 2**31 - 1
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:
             number = int(value)
@@ -54,6 +58,8 @@ def _int(minimum: int) -> Callable[[str], int]:
             raise ValueError(f"must be an integer, got {value!r}") from None
         if number < minimum:
             raise ValueError(f"must be >= {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be <= {maximum}, got {number}")
         return number
 
     return parse
@@ -163,8 +169,8 @@ class DatabaseSettings:
 def _database_fields(env: Mapping[str, str]) -> dict:
     return {
         "database_url": _read(env, "DATABASE_URL", _database_url, required=True),
-        "rate_limit_prep_per_min": _read(env, "RATE_LIMIT_PREP_PER_MIN", _int(0), 60),
-        "rate_limit_check_per_min": _read(env, "RATE_LIMIT_CHECK_PER_MIN", _int(0), 300),
+        "rate_limit_prep_per_min": _read(env, "RATE_LIMIT_PREP_PER_MIN", _int(0, MAX_RATE_LIMIT_PER_MIN), 60),
+        "rate_limit_check_per_min": _read(env, "RATE_LIMIT_CHECK_PER_MIN", _int(0, MAX_RATE_LIMIT_PER_MIN), 300),
     }
 
 

@@ -266,11 +266,21 @@ class GenerateStructureSchema(StrictSchema):
     instructions = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=10_000))
 
 
+def _student_id() -> fields.String:
+    return fields.String(required=True, validate=[validate.Length(min=1, max=200), _not_blank],
+                         metadata={"description": "the tenant's own identifier of the student"})
+
+
 class HomeworkRequestSchema(StrictSchema):
-    student_id = fields.String(required=True, validate=[validate.Length(min=1, max=200), _not_blank],
-                               metadata={"description": "the tenant's own identifier of the student"})
+    student_id = _student_id()
     lesson_id = fields.UUID(required=True)
     submission = fields.String(required=True, validate=[PROMPT, _not_blank])
+
+
+class StudentPathSchema(StrictSchema):
+    """The path's student id, held to the rules an attempt's student id was stored under."""
+
+    student_id = _student_id()
 
 
 class HomeworkAttemptSchema(Schema):

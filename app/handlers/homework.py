@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_apispec import request_schema, response_schema
+from aiohttp_apispec import match_info_schema, request_schema, response_schema
 
 from .. import courses, homework
 from ..auth import caller
@@ -11,11 +11,10 @@ from ..db import acquire
 from ..errors import ValidationFailed
 from ..jsonutil import json_response
 from ..llm import call_context, tasks
-from ..schemas import HomeworkAttemptSchema, HomeworkRequestSchema, ProgressSchema
+from ..schemas import HomeworkAttemptSchema, HomeworkRequestSchema, ProgressSchema, StudentPathSchema
 from .common import api_endpoint, path_uuid
 
 TAGS = ["homework"]
-MAX_STUDENT_ID_CHARS = 200
 
 
 @api_endpoint("check", tags=TAGS, summary="Check a homework submission with the LLM",
@@ -47,12 +46,13 @@ async def check_homework(request: web.Request) -> web.Response:
     return json_response(attempt, status=201)
 
 
-@api_endpoint("check", tags=TAGS, summary="A student's homework progress",
+@api_endpoint("check", tags=TAGS, summary="A student's homework progress", errors=(422,),
               description="Per course and lesson: attempts, best and last score, and whether an attempt passed. "
                           "A student with no attempts has an empty list.")
+@match_info_schema(StudentPathSchema)
 @response_schema(ProgressSchema, 200)
 async def student_progress(request: web.Request) -> web.Response:
-    student_id = request.match_info["student_id"][:MAX_STUDENT_ID_CHARS]
+    student_id = request["match_info"]["student_id"]
     async with acquire(request) as conn:
         progress = await homework.progress(conn, caller(request).tenant_id, student_id)
     return json_response(progress)

@@ -101,12 +101,28 @@ def test_unknown_ids_exit_1_with_a_message(cli, args):
     ("tenant", "activate", "not-a-uuid"),
     ("key", "issue", str(uuid.uuid4()), "--scopes", "admin"),
     ("key", "issue", str(uuid.uuid4()), "--rate-limit-prep", "-3"),
+    ("key", "issue", str(uuid.uuid4()), "--rate-limit-check", "2147483648"),  # over PostgreSQL's integer
+    ("backup", "create", "--keep-days", "10000000"),
     ("key", "issue", str(uuid.uuid4()), "--expires-at", "tomorrow"),
     ("key", "issue", str(uuid.uuid4()), "--expires-at", "2001-01-01"),
     ("key", "issue", str(uuid.uuid4()), "--env", "prod"),
 ])
 def test_usage_errors_exit_2(cli, args):
-    assert cli(*args).returncode == 2
+    result = cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_the_largest_rate_limit_is_stored(cli):
+    tenant = ok_json(cli("tenant", "create", unique("big"), "--json"))
+    key = ok_json(cli("key", "issue", tenant["id"], "--rate-limit-prep", "2147483647", "--json"))
+    assert key["rate_limit_prep"] == 2147483647
+
+
+def test_a_database_without_the_schema_exits_1_with_a_hint(pg):
+    url = pg.create_database(unique("unmigrated").replace("-", "_"))
+    result = admin("tenant", "list", database_url=url)
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: the database has no schema yet") and "run `migrate` first" in result.stderr
 
 
 def test_missing_database_url_is_one_clear_line():

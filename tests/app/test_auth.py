@@ -97,6 +97,47 @@ async def test_rate_limit_headers_on_error_responses_too(client, auth):
     assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(resp.headers)
 
 
+NO_ALLOWANCE = {"X-RateLimit-Limit": "0", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "0"}
+
+
+def _limit_headers(resp) -> dict:
+    return {name: resp.headers.get(name) for name in NO_ALLOWANCE}
+
+
+async def test_refused_requests_carry_rate_limit_headers_saying_no_allowance(client, factory, db):
+    tenant = await factory.tenant()
+    check_only = {"X-API-Key": (await factory.key(tenant["id"], scopes=["check"]))["key"]}
+    revoked = await factory.key(tenant["id"])
+    await tenants.revoke_key(db, revoked["id"])
+    refused = [
+        (await client.get(COURSES), 401),
+        (await client.get(COURSES, headers={"X-API-Key": "nope"}), 401),
+        (await client.get(COURSES, headers={"X-API-Key": tenants.generate_key()}), 401),
+        (await client.get(COURSES, headers={"X-API-Key": revoked["key"]}), 401),
+        (await client.post(COURSES, json={"title": "t"}, headers=check_only), 403),
+    ]
+    for resp, status in refused:
+        await _error(resp, status)
+        assert _limit_headers(resp) == NO_ALLOWANCE
+    # The refused request counted against nothing: the key's check allowance is whole.
+    resp = await client.get(COURSES, headers=check_only)
+    assert resp.status == 200 and resp.headers["X-RateLimit-Remaining"] == str(int(resp.headers["X-RateLimit-Limit"]) - 1)
+
+
+async def test_unknown_paths_and_methods_under_the_api_need_a_key_and_count(client, factory):
+    _, headers = await factory.tenant_with_key(prep=50, check=5)
+    await _error(await client.get("/api/v1/nothing-here"), 401, "missing_api_key")
+    await _error(await client.delete(COURSES), 401, "missing_api_key")
+    resp = await client.get("/api/v1/nothing-here", headers=headers)
+    await _error(resp, 404, "not_found")
+    assert (resp.headers["X-RateLimit-Limit"], resp.headers["X-RateLimit-Remaining"]) == ("5", "4")
+    resp = await client.delete(COURSES, headers=headers)
+    await _error(resp, 405, "method_not_allowed")
+    assert "GET" in resp.headers["Allow"] and resp.headers["X-RateLimit-Remaining"] == "3"
+    # Counted like an endpoint open to both scopes: against check, which this key has.
+    assert (await client.get(COURSES, headers=headers)).headers["X-RateLimit-Remaining"] == "2"
+
+
 async def test_concurrent_burst_admits_exactly_the_limit(client, factory):
     # A key's very first requests race to create its counter row: repeat with fresh keys.
     for _ in range(5):

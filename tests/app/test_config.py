@@ -33,6 +33,7 @@ def test_values_are_parsed():
     ("DATABASE_URL", ""), ("DATABASE_URL", "mysql://x/y"), ("DATABASE_URL", "postgresql://h:notaport/db"),
     ("S3_BUCKET", ""), ("S3_ENDPOINT_URL", "ftp://x"), ("LLM_TIMEOUT_S", "soon"), ("LLM_TIMEOUT_S", "0"),
     ("LLM_MAX_RETRIES", "-1"), ("MAX_UPLOAD_BYTES", "1G"), ("RATE_LIMIT_PREP_PER_MIN", "many"),
+    ("RATE_LIMIT_CHECK_PER_MIN", "2147483648"),
     ("CORS_ORIGINS", "not an origin"), ("LOG_LEVEL", "LOUD"), ("OPENAI_BASE_URL", "api.openai.com"),
     ("APP_ENCRYPTION_KEY", "too-short"), ("LLM_PRICES", "/nonexistent/prices.json"),
     ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.0/33"), ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.1/8"),

@@ -223,6 +223,18 @@ async def test_progress_is_per_tenant(client, auth, factory, course_with_lessons
     assert mine["courses"][0]["course_id"] == course_id
 
 
+@pytest.mark.parametrize("student", ["%00", "student%00-42", "%20%20", "x" * 201])
+async def test_progress_of_a_student_id_no_attempt_can_have_is_422(client, auth, student):
+    resp = await client.get(f"/api/v1/students/{student}/progress", headers=auth)
+    assert resp.status == 422, await resp.text()
+    assert list((await resp.json())["error"]["details"]) == ["student_id"]
+
+
+async def test_progress_of_the_longest_student_id(client, auth):
+    resp = await client.get(f"/api/v1/students/{'x' * 200}/progress", headers=auth)
+    assert resp.status == 200 and (await resp.json()) == {"student_id": "x" * 200, "courses": []}
+
+
 async def test_homework_for_a_lesson_of_another_course_is_422(client, auth, course_with_lessons, fresh_llm):
     course_id, easy, _ = course_with_lessons
     other = await make_course(client, auth)
