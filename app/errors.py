@@ -117,6 +117,14 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         code = _HTTP_CODES.get(exc.status, "error")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, code, exc.reason, request_id=request.get(request_id_key), headers=headers)
+    except web.RequestPayloadError as exc:
+        # The body itself is broken: a Content-Encoding it does not have, bad chunked framing.
+        # The rest of it cannot be read past either: the connection closes after the answer.
+        cause = getattr(exc.__cause__, "message", "") or "its framing or encoding is broken"
+        response = error_response(400, "malformed_body", f"The request body could not be read: {cause}.",
+                                  request_id=request.get(request_id_key))
+        response.force_close()
+        return response
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:

@@ -3,6 +3,9 @@ document every request and response in the OpenAPI document."""
 
 from __future__ import annotations
 
+import datetime
+from urllib.parse import urlsplit
+
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 TITLE = validate.Length(min=1, max=200)
@@ -166,8 +169,10 @@ class MaterialListSchema(Schema):
 
 # --- slide mapping --------------------------------------------------------
 
+MAX_SLIDE_NUMBER = 100_000
+
 class SlideMappingItemSchema(StrictSchema):
-    slide_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    slide_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_SLIDE_NUMBER))
     lesson_id = fields.UUID(allow_none=True, load_default=None)
     start_s = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0))
     end_s = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0))
@@ -312,9 +317,15 @@ class ProgressSchema(Schema):
     courses = fields.List(fields.Nested(CourseProgressSchema), required=True)
 
 
+# Days a report can name: the day after the last one must still be a date.
+REPORT_DAYS = validate.Range(min=datetime.date(1970, 1, 1), max=datetime.date(9999, 12, 30))
+
+
 class CostQuerySchema(Schema):
-    date_from = fields.Date(data_key="from", load_default=None, metadata={"description": "first UTC day; default 29 days before `to`"})
-    date_to = fields.Date(data_key="to", load_default=None, metadata={"description": "last UTC day; default today"})
+    date_from = fields.Date(data_key="from", load_default=None, validate=REPORT_DAYS,
+                            metadata={"description": "first UTC day; default 29 days before `to`"})
+    date_to = fields.Date(data_key="to", load_default=None, validate=REPORT_DAYS,
+                          metadata={"description": "last UTC day; default today"})
     group_by = fields.String(load_default="day", validate=validate.OneOf(["day", "model", "endpoint", "key"]))
 
 
@@ -337,8 +348,19 @@ class CostReportSchema(Schema):
     groups = fields.List(fields.Nested(CostGroupSchema), required=True)
 
 
+def _host_and_port(url: str) -> None:
+    """What the URL validator lets through but a connection cannot use: a port beyond
+    1-65535, a bracketed host that is no IPv6 address."""
+    try:
+        port = urlsplit(url).port
+    except ValueError as exc:
+        raise ValidationError(f"Not a usable URL: {exc}.") from None
+    if port == 0:
+        raise ValidationError("Not a usable URL: port 0.")
+
+
 class LLMSettingsInputSchema(StrictSchema):
-    base_url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False,
+    base_url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False, validate=_host_and_port,
                           metadata={"description": "an OpenAI-compatible API, e.g. https://api.openai.com/v1"})
     api_key = fields.String(required=True, load_only=True, validate=[validate.Length(min=1, max=1000), _not_blank])
     model = fields.String(load_default=None, allow_none=True, validate=MODEL_NAME)

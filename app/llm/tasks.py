@@ -20,14 +20,19 @@ MATERIAL_TOKENS = 12_000
 def _text(value: Any, what: str, *, limit: int, required: bool = True) -> str:
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or (required and not value.strip()):
+    if not isinstance(value, str):
         raise BadOutput(f"{what} is not a non-empty string")
-    return value.strip()[:limit]
+    text = value.replace("\x00", "").strip()  # PostgreSQL cannot store NUL characters
+    if required and not text:
+        raise BadOutput(f"{what} is not a non-empty string")
+    return text[:limit]
 
 
-def _list(value: Any, what: str) -> list:
-    if not isinstance(value, list) or not value:
-        raise BadOutput(f"{what} is not a non-empty list")
+def _list(value: Any, what: str, *, required: bool = True) -> list:
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or (required and not value):
+        raise BadOutput(f"{what} is not a {'non-empty ' if required else ''}list")
     return value
 
 
@@ -54,7 +59,8 @@ def parse_structure(data: dict) -> list[dict]:
         if not isinstance(module, dict):
             raise BadOutput(f"module {m} is not an object")
         lessons = []
-        for n, lesson in enumerate((module.get("lessons") or [])[:MAX_LESSONS], start=1):
+        for n, lesson in enumerate(_list(module.get("lessons"), f"module {m} lessons", required=False)[:MAX_LESSONS],
+                                   start=1):
             if not isinstance(lesson, dict):
                 raise BadOutput(f"lesson {m}.{n} is not an object")
             lessons.append({"title": _text(lesson.get("title"), f"lesson {m}.{n} title", limit=TITLE_CHARS),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 
 
@@ -110,3 +111,25 @@ async def test_an_oversized_json_body_is_a_documented_413(client, auth):
                    if "415" in op.get("responses", {})]
     assert ("/api/v1/courses/{course_id}/structure", "put") in with_bodies
     assert [(p, m) for p, m in with_bodies if "413" not in paths[p][m]["responses"]] == []
+
+
+async def test_a_body_not_in_its_declared_content_encoding_is_400(client, auth):
+    json_type = {**auth, "Content-Type": "application/json"}
+    for encoding in ("gzip", "deflate"):
+        resp = await client.post("/api/v1/courses", data=b'{"title": "plain, not compressed"}',
+                                 headers={**json_type, "Content-Encoding": encoding})
+        assert resp.status == 400, await resp.text()
+        error = (await resp.json())["error"]
+        assert error["code"] == "malformed_body" and encoding in error["message"] and error["request_id"]
+        assert resp.headers["Connection"].lower() == "close"  # the rest of the body cannot be skipped
+    # Really compressed, the same body is read as it should be.
+    resp = await client.post("/api/v1/courses", data=gzip.compress(b'{"title": "compressed"}'),
+                             headers={**json_type, "Content-Encoding": "gzip"})
+    assert resp.status == 201 and (await resp.json())["title"] == "compressed"
+    # A streamed upload with a broken encoding stores nothing.
+    course_id = (await resp.json())["id"]
+    resp = await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.txt", data=b"plain bytes" * 1000,
+                             headers={**auth, "Content-Type": "text/plain", "Content-Encoding": "gzip"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "malformed_body"
+    listing = await (await client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
+    assert listing["items"] == []

@@ -122,6 +122,9 @@ async def test_without_an_encryption_key_byok_is_refused(client, auth):
 @pytest.mark.parametrize("body, field", [
     ({"base_url": "ftp://example.com", "api_key": "k"}, "base_url"),
     ({"base_url": "not a url", "api_key": "k"}, "base_url"),
+    ({"base_url": "https://example.com:99999/v1", "api_key": "k"}, "base_url"),
+    ({"base_url": "https://example.com:0/v1", "api_key": "k"}, "base_url"),
+    ({"base_url": "https://[1:2]/v1", "api_key": "k"}, "base_url"),
     ({"base_url": "https://example.com/v1"}, "api_key"),
     ({"base_url": "https://example.com/v1", "api_key": "k", "model": "bad model"}, "model"),
     ({"base_url": "https://example.com/v1", "api_key": "k", "organization": "x"}, "organization"),

@@ -158,6 +158,38 @@ async def test_an_unusable_structure_keeps_the_old_one(client, auth, fresh_llm):
     assert stored["structure"] == course["structure"]
 
 
+@pytest.mark.parametrize("reply", [
+    {"modules": [{"title": "M", "lessons": {"title": "L"}}]},
+    {"modules": [{"title": "M", "lessons": 5}]},
+    {"modules": {"title": "M"}},
+    {"modules": [{"title": ["M"], "lessons": []}]},
+    {"modules": [{"title": "\u0000", "lessons": []}]},
+])
+async def test_a_wrongly_typed_structure_is_bad_output_and_recorded(client, factory, db, fresh_llm, reply):
+    tenant, auth = await factory.tenant_with_key()
+    course = await make_course(client, auth)
+    fresh_llm.script({"content": json.dumps(reply)}, {"content": json.dumps(reply)})
+    resp = await client.post(f"/api/v1/courses/{course['id']}/structure", json={}, headers=auth)
+    assert resp.status == 502 and (await resp.json())["error"]["code"] == "llm_bad_output"
+    assert [c["outcome"] for c in await llm_calls(db, tenant["id"], 2)] == ["bad_output", "bad_output"]
+
+
+async def test_nul_characters_in_a_reply_are_dropped_before_storing(client, auth, fresh_llm, course_with_lessons):
+    course = await make_course(client, auth)
+    fresh_llm.script({"content": json.dumps(
+        {"modules": [{"title": "Mod\u0000ule", "lessons": [{"title": "L\u0000", "content": "a\u0000b"}]}]})})
+    resp = await client.post(f"/api/v1/courses/{course['id']}/structure", json={}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    module = (await resp.json())["modules"][0]
+    assert (module["title"], module["lessons"][0]["title"]) == ("Module", "L")
+    lesson = await client.get(f"/api/v1/courses/{course['id']}/lessons/{module['lessons'][0]['id']}", headers=auth)
+    assert (await lesson.json())["content"] == "ab"
+    course_id, easy, _ = course_with_lessons
+    fresh_llm.script({"content": json.dumps({"score": 70, "feedback": "Go\u0000od."})})
+    resp = await check(client, auth, course_id, easy)
+    assert resp.status == 201 and (await resp.json())["feedback"] == "Good."
+
+
 async def test_structure_generation_for_a_missing_course_calls_no_llm(client, auth, fresh_llm):
     resp = await client.post("/api/v1/courses/00000000-0000-4000-8000-000000000000/structure", json={}, headers=auth)
     assert resp.status == 404
@@ -305,10 +337,17 @@ async def test_cost_report_groups_and_totals(client, factory, db, fresh_llm):
 
 @pytest.mark.parametrize("query, field", [("group_by=week", "group_by"), ("from=2026-13-01", "from"),
                                           ("from=2026-02-01&to=2026-01-01", "from"),
-                                          ("from=2020-01-01&to=2026-01-01", "from")])
+                                          ("from=2020-01-01&to=2026-01-01", "from"),
+                                          ("to=0001-01-05", "to"), ("from=9999-12-31&to=9999-12-31", "from")])
 async def test_bad_cost_report_queries_are_422(client, auth, query, field):
     resp = await client.get(f"/api/v1/reports/cost?{query}", headers=auth)
     assert resp.status == 422 and field in (await resp.json())["error"]["details"]
+
+
+async def test_the_cost_report_at_the_ends_of_its_days(client, auth):
+    for query in ("from=1970-01-01&to=1970-01-01", "from=9999-12-30&to=9999-12-30"):
+        resp = await client.get(f"/api/v1/reports/cost?{query}", headers=auth)
+        assert resp.status == 200 and (await resp.json())["total"]["calls"] == 0
 
 
 async def test_a_check_only_key_reads_the_cost_report(client, factory):

@@ -149,6 +149,9 @@ def test_floods_without_a_valid_key_are_limited_per_address_by_nginx(vps, curl):
                     into[resp.status, body.get("error", {}).get("code")] += 1
                     if resp.status == 429 and into is unkeyed:
                         assert resp.headers["Retry-After"] == "1" and "Strict-Transport-Security" in resp.headers
+                    if into is unkeyed:  # nginx's 429 and the app's 401 alike
+                        assert [resp.headers.get(f"X-RateLimit-{name}") for name in ("Limit", "Remaining", "Reset")] \
+                            == ["0", "0", "0"], dict(resp.headers)
             garbage = [one({"X-API-Key": "not-a-key"} if n % 2 else {}, unkeyed) for n in range(200)]
             valid = [one({"X-API-Key": vps["api_key"]}, keyed) for _ in range(20)]
             await asyncio.wait_for(asyncio.gather(*garbage, *valid), timeout=120)
