@@ -33,11 +33,19 @@ def object_key(tenant_id: uuid.UUID, course_id: uuid.UUID, material_id: uuid.UUI
     return f"{course_prefix(tenant_id, course_id)}materials/{material_id}"
 
 
+def _kept(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if category in ("Cc", "Cf", "Zl", "Zp"):
+        return ""
+    # A byte that was not UTF-8 (the multipart reader keeps it as a surrogate escape).
+    return "\ufffd" if category == "Cs" else ch
+
+
 def clean_filename(name: str | None) -> str:
-    """The last path component, without control or format characters, at most 255 characters."""
+    """The last path component, without control or format characters, bytes that were not
+    UTF-8 shown as U+FFFD (as in a query string), at most 255 characters."""
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in unicodedata.normalize("NFC", name)
-                   if unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp"))
+    name = "".join(map(_kept, unicodedata.normalize("NFC", name)))
     name = name.strip().lstrip(".").strip()
     return name[:MAX_FILENAME_CHARS] or "upload"
 

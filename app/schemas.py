@@ -318,13 +318,19 @@ class ProgressSchema(Schema):
 
 
 # Days a report can name: the day after the last one must still be a date.
-REPORT_DAYS = validate.Range(min=datetime.date(1970, 1, 1), max=datetime.date(9999, 12, 30))
+FIRST_REPORT_DAY, LAST_REPORT_DAY = datetime.date(1970, 1, 1), datetime.date(9999, 12, 30)
+
+
+def _report_day(value: datetime.date) -> None:
+    # A function, not validate.Range: apispec would put the bounds into the document as dates.
+    if not FIRST_REPORT_DAY <= value <= LAST_REPORT_DAY:
+        raise ValidationError(f"Must be from {FIRST_REPORT_DAY} to {LAST_REPORT_DAY}.")
 
 
 class CostQuerySchema(Schema):
-    date_from = fields.Date(data_key="from", load_default=None, validate=REPORT_DAYS,
+    date_from = fields.Date(data_key="from", load_default=None, validate=_report_day,
                             metadata={"description": "first UTC day; default 29 days before `to`"})
-    date_to = fields.Date(data_key="to", load_default=None, validate=REPORT_DAYS,
+    date_to = fields.Date(data_key="to", load_default=None, validate=_report_day,
                           metadata={"description": "last UTC day; default today"})
     group_by = fields.String(load_default="day", validate=validate.OneOf(["day", "model", "endpoint", "key"]))
 

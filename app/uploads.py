@@ -3,6 +3,7 @@ part of ``multipart/form-data``, read in chunks, never whole."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -16,6 +17,9 @@ CHUNK_BYTES = 256 * 1024
 # Boundaries and part headers around the file in a multipart body.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# type/subtype, then any parameters, in printable ASCII: what storage headers can carry.
+_CONTENT_TYPE = re.compile(r"[\w!#$&^.+-]+/[\w!#$&^.+-]+(\s*;[\x20-\x7e]*)?", re.ASCII)
+MAX_CONTENT_TYPE_CHARS = 255
 # What aiohttp's multipart reader raises on a body that is not well-formed multipart.
 MALFORMED_MULTIPART = (ValueError, HttpProcessingError)
 
@@ -36,6 +40,15 @@ def declared_file_bytes(request: web.Request) -> int | None:
     return request.content_length
 
 
+def clean_content_type(value: str | None) -> str:
+    """The file's declared media type as given, or the generic one when it is missing or
+    not a media type (storage signs it into a header: printable ASCII only)."""
+    value = (value or "").strip()
+    if len(value) <= MAX_CONTENT_TYPE_CHARS and _CONTENT_TYPE.fullmatch(value):
+        return value
+    return DEFAULT_CONTENT_TYPE
+
+
 async def incoming_file(request: web.Request) -> IncomingFile:
     if request.content_type == "multipart/form-data":
         return await _multipart_file(request)
@@ -43,7 +56,7 @@ async def incoming_file(request: web.Request) -> IncomingFile:
     if not filename.strip():
         raise ValidationFailed("Name the file with ?filename= (or send multipart/form-data).",
                                details={"filename": ["Missing data for required field."]})
-    content_type = request.headers.get(hdrs.CONTENT_TYPE) or DEFAULT_CONTENT_TYPE
+    content_type = clean_content_type(request.headers.get(hdrs.CONTENT_TYPE))
     return IncomingFile(clean_filename(filename), content_type, request.content.iter_chunked(CHUNK_BYTES))
 
 
@@ -59,7 +72,7 @@ async def _multipart_file(request: web.Request) -> IncomingFile:
     if part is None:
         raise ValidationFailed("The form has no file part named 'file'.",
                                details={"file": ["Missing data for required field."]})
-    content_type = part.headers.get(hdrs.CONTENT_TYPE) or DEFAULT_CONTENT_TYPE
+    content_type = clean_content_type(part.headers.get(hdrs.CONTENT_TYPE))
     return IncomingFile(clean_filename(part.filename), content_type, _part_chunks(reader, part))
 
 

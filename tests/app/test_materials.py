@@ -14,6 +14,7 @@ from app import backup
 from app.keys import storage_key
 from app.main import create_app
 from app.materials import clean_filename
+from app.uploads import clean_content_type
 
 MiB = 1 << 20
 
@@ -276,9 +277,36 @@ async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, 
     ("   ", "upload"),
     ("x" * 300 + ".pdf", "x" * 255),
     ("Лекция 1.mp4", "Лекция 1.mp4"),
+    (b"\xff\xfe.txt".decode("utf-8", "surrogateescape"), "\ufffd\ufffd.txt"),  # bytes that were not UTF-8
 ])
 def test_clean_filename(raw, clean):
     assert clean_filename(raw) == clean
+
+
+@pytest.mark.parametrize("declared, stored", [
+    ("text/plain; charset=utf-8", "text/plain; charset=utf-8"),
+    ("application/vnd.ms-powerpoint", "application/vnd.ms-powerpoint"),
+    (None, "application/octet-stream"),
+    ("plain", "application/octet-stream"),
+    ("text/plain; charset=\u00e9", "application/octet-stream"),  # storage signs it into a header: ASCII only
+    ("text/" + "x" * 300, "application/octet-stream"),
+])
+def test_clean_content_type(declared, stored):
+    assert clean_content_type(declared) == stored
+
+
+async def test_a_multipart_file_whose_name_and_type_are_not_utf8_or_ascii_is_stored(client, auth, s3, bucket):
+    """Found by probing: both were a 500 (PostgreSQL refused the name, botocore could not sign the type)."""
+    course_id = await _course(client, auth)
+    body = (b"--B0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"\xff\xfe.txt\"\r\n"
+            b"Content-Type: text/\xff\r\n\r\nhello\r\n--B0--\r\n")
+    response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
+                                 headers={**auth, "Content-Type": "multipart/form-data; boundary=B0"})
+    assert response.status == 201, await response.text()
+    material = await response.json()
+    assert (material["filename"], material["content_type"]) == ("\ufffd\ufffd.txt", "application/octet-stream")
+    key = next(k for k in _objects(s3, bucket) if material["id"] in k)
+    assert s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b"hello"
 
 
 async def test_startup_sweep_aborts_orphaned_multipart_uploads(aiohttp_client, settings, s3, bucket):
