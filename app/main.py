@@ -17,6 +17,11 @@ from .storage import stop_uploads_on_shutdown, storage_ctx
 
 # JSON bodies are small; file uploads stream and are limited by MAX_UPLOAD_BYTES instead.
 CLIENT_MAX_SIZE = 8 * 1024 * 1024
+# nginx limits request lines and headers (8 KiB each over HTTP/1.1, and over HTTP/2 it
+# counts them HPACK-compressed, so longer ones reach the app). Over aiohttp's own limits
+# (8190 bytes, 128 headers) it answers in plain text, past every middleware: these are
+# above what nginx forwards.
+HEADER_LIMITS = {"max_line_size": 32 * 1024, "max_field_size": 32 * 1024, "max_headers": 256}
 
 
 async def create_app(settings: Settings | None = None) -> web.Application:
@@ -26,7 +31,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))
     middlewares += [auth_middleware, validation_middleware]
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares, handler_args=HEADER_LIMITS)
     app[settings_key] = settings
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(storage_ctx)

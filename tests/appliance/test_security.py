@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import re
 import socket
 import ssl
@@ -169,3 +170,39 @@ def test_floods_without_a_valid_key_are_limited_per_address_by_nginx(vps, curl):
     time.sleep(defaults["nginx_unkeyed_burst"] / rate_per_s + 0.5)
     status, body = curl.json("/api/v1/courses")
     assert (status, body["error"]["code"]) == (401, "missing_api_key")
+
+
+def _raw_https(vps: dict, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Bytes sent as they are over TLS (HTTP/1.1), for requests no client library would make."""
+    context = ssl.create_default_context(cafile=vps["ca_cert"])
+    context.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection((vps["address"], 443), timeout=20) as raw:
+        with context.wrap_socket(raw, server_hostname=vps["domain"]) as tls:
+            tls.sendall(request)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize("request_bytes, status, code", [
+    (b"NONSENSE\r\n\r\n", 400, "bad_request"),
+    (b"GET /api/v1/courses HTTP/1.1\r\nHost: {domain}\r\nX-Big: " + b"a" * 9000 + b"\r\nConnection: close\r\n\r\n",
+     400, "bad_request"),
+    (b"GET /api/v1/courses?x=" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n",
+     414, "uri_too_long"),
+])
+def test_requests_nginx_cannot_take_get_json_errors(vps, request_bytes, status, code):
+    got, headers, body = _raw_https(vps, request_bytes.replace(b"{domain}", vps["domain"].encode()))
+    assert (got, headers["content-type"]) == (status, "application/json"), body[:300]
+    assert json.loads(body)["error"]["code"] == code and "strict-transport-security" in headers
+
+
+def test_long_headers_nginx_forwards_over_http2_get_the_apps_json(curl):
+    """Over HTTP/2 nginx measures header fields compressed: a 9000-byte one reaches the app."""
+    status, headers, body = curl("/api/v1/courses", "--http2", "-H", "X-Big: " + "a" * 9000)
+    assert (status, headers["content-type"]) == (401, "application/json"), body[:300]
+    assert json.loads(body)["error"]["code"] == "missing_api_key"
