@@ -171,6 +171,7 @@ class MaterialListSchema(Schema):
 
 MAX_SLIDE_NUMBER = 100_000
 
+
 class SlideMappingItemSchema(StrictSchema):
     slide_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_SLIDE_NUMBER))
     lesson_id = fields.UUID(allow_none=True, load_default=None)
