@@ -91,6 +91,9 @@ _HTTP_CODES = {
 
 
 def error_body(status: int, code: str, message: str, details: Any = None, request_id: str | None = None) -> dict:
+    # A message may quote the request (a media type, a file name): bytes that were not
+    # UTF-8 arrive as lone surrogates, which JSON cannot carry.
+    message = message.encode("utf-8", "replace").decode("utf-8")
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details

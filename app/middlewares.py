@@ -107,16 +107,38 @@ async def validation_middleware(request: web.Request, handler) -> web.StreamResp
     return await apispec_validation_middleware(request, handler)
 
 
+# Far deeper than any request body here (a course structure is 5 levels); deeper ones
+# would exhaust the recursion of the validators that walk them.
+MAX_JSON_DEPTH = 32
+
+
+def _deeper_than(value, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 async def _check_json_body(request: web.Request, schema) -> None:
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"Send the body as application/json, not {content_type}.")
+    if request.charset and request.charset.lower() not in ("utf-8", "utf8"):
+        # JSON is UTF-8 (RFC 8259); the validators would decode it again by this charset.
+        raise UnsupportedMediaType(f"Send the JSON body in UTF-8, not {request.charset}.")
     try:
         body = loads(await request.read())
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"The body is not valid JSON: {exc}", code="malformed_json") from None
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.", details={"_schema": ["Expected a JSON object."]})
+    if _deeper_than(body, MAX_JSON_DEPTH):
+        raise ValidationFailed(f"The body is nested deeper than {MAX_JSON_DEPTH} levels.",
+                               details={"_schema": [f"At most {MAX_JSON_DEPTH} levels of objects and arrays."]})
     known = {field.data_key or name for name, field in schema.fields.items() if not field.dump_only}
     unknown = sorted(set(body) - known)
     if unknown:

@@ -369,7 +369,10 @@ def _host_and_port(url: str) -> None:
 class LLMSettingsInputSchema(StrictSchema):
     base_url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False, validate=_host_and_port,
                           metadata={"description": "an OpenAI-compatible API, e.g. https://api.openai.com/v1"})
-    api_key = fields.String(required=True, load_only=True, validate=[validate.Length(min=1, max=1000), _not_blank])
+    api_key = fields.String(required=True, load_only=True, validate=[
+        validate.Length(min=1, max=1000),
+        # It travels in an Authorization header: printable ASCII, no spaces.
+        validate.Regexp(r"^[\x21-\x7e]+$", error="Must be printable ASCII without spaces, as provider keys are.")])
     model = fields.String(load_default=None, allow_none=True, validate=MODEL_NAME)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import logging
 
+import pytest
 
 from app.main import create_app
 
@@ -142,3 +143,31 @@ async def test_long_headers_that_nginx_forwards_reach_the_app(client, auth):
     assert resp.status == 200, await resp.text()
     resp = await client.get("/api/v1/courses", params={"note": "b" * 20_000}, headers=auth)
     assert resp.status == 200, await resp.text()
+
+
+async def test_deeply_nested_json_is_422_not_a_crash(client, auth):
+    """Found by probing: ~350 levels of arrays exhausted the NUL check's recursion, ~950 the
+    validators' own JSON parser (orjson accepts up to 1024)."""
+    for depth in (33, 400, 1000):
+        nested = "[" * depth + "]" * depth
+        resp = await client.post("/api/v1/courses", data=f'{{"title": {nested}}}',
+                                 headers={**auth, "Content-Type": "application/json"})
+        assert resp.status == 422, (depth, await resp.text())
+        assert "nested deeper than 32" in (await resp.json())["error"]["message"]
+    resp = await client.post("/api/v1/courses", data='{"title": ' + "[" * 30 + "]" * 30 + "}",
+                             headers={**auth, "Content-Type": "application/json"})
+    assert resp.status == 422 and "title" in (await resp.json())["error"]["details"]  # deep enough to validate
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=bogus", "application/json; charset=utf-7",
+                                          "application/json; charset=unicode_escape", "application/json; charset=\xff"])
+async def test_a_json_body_in_another_charset_is_415(client, auth, content_type):
+    """Found by probing: the validators decoded the body again by the declared charset (an
+    unknown one was a 500; utf-7 smuggled lone surrogates past the JSON check into PostgreSQL)."""
+    resp = await client.post("/api/v1/courses", data=b'{"title": "+2AA-"}',
+                             headers={**auth, "Content-Type": content_type})
+    assert resp.status == 415, await resp.text()
+    assert (await resp.json())["error"]["code"] == "unsupported_media_type"
+    for fine in ("application/json; charset=utf-8", "application/json; charset=UTF8"):
+        resp = await client.post("/api/v1/courses", data=b'{"title": "ok"}', headers={**auth, "Content-Type": fine})
+        assert resp.status == 201

@@ -125,6 +125,9 @@ async def test_without_an_encryption_key_byok_is_refused(client, auth):
     ({"base_url": "https://example.com:99999/v1", "api_key": "k"}, "base_url"),
     ({"base_url": "https://example.com:0/v1", "api_key": "k"}, "base_url"),
     ({"base_url": "https://[1:2]/v1", "api_key": "k"}, "base_url"),
+    ({"base_url": "https://example.com/v1", "api_key": "sk-\u00e9"}, "api_key"),  # was accepted; every call a 500
+    ({"base_url": "https://example.com/v1", "api_key": "sk-a\r\nX-Evil: 1"}, "api_key"),
+    ({"base_url": "https://example.com/v1", "api_key": "sk a"}, "api_key"),
     ({"base_url": "https://example.com/v1"}, "api_key"),
     ({"base_url": "https://example.com/v1", "api_key": "k", "model": "bad model"}, "model"),
     ({"base_url": "https://example.com/v1", "api_key": "k", "organization": "x"}, "organization"),
