@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -30,6 +31,7 @@ from typing import Any, AsyncIterator, Callable, Sequence
 import asyncpg
 import httpx2
 import openai
+from openai.types import CompletionUsage
 
 from ..config import Settings
 from ..errors import ApiError, ServiceUnavailable
@@ -64,6 +66,61 @@ class BadOutput(ValueError):
     """Raised by a reply parser: the reply is not what was asked for."""
 
 
+class MalformedReply(Exception):
+    """A provider's success that is no chat completion (another site, a broken proxy)."""
+
+
+# What a reply may say about itself and still be believed (llm_calls holds integers).
+MAX_REPORTED_TOKENS = 100_000_000
+MAX_MODEL_CHARS = 200
+
+
+def _reported_tokens(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_TOKENS:
+        raise ValueError(f"not a token count: {value!r}")
+    return value
+
+
+def reported_model(value: Any, requested: str) -> str:
+    """The model the reply names, unless that is no model name; then the one asked for."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_CHARS and value.isprintable():
+        return value
+    return requested
+
+
+def _valid_text(text: str) -> str:
+    """Text as JSON can carry it: a lone surrogate (no character) becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def reply_text(reply: Any) -> str:
+    """The text of a chat completion's first choice; ``MalformedReply`` if it is none."""
+    choices = getattr(reply, "choices", None)
+    if not isinstance(choices, list):
+        raise MalformedReply("no list of choices")
+    if not choices:
+        return ""
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if content is not None and not isinstance(content, str):
+        raise MalformedReply("the message content is not text")
+    return _valid_text(content or "")
+
+
+def delta_text(chunk: Any) -> str:
+    """The text a streamed chunk adds (nothing from anything that is not text)."""
+    choices = getattr(chunk, "choices", None)
+    if not isinstance(choices, list):
+        return ""
+    parts = (getattr(getattr(choice, "delta", None), "content", None) for choice in choices)
+    return "".join(_valid_text(part) for part in parts if isinstance(part, str))
+
+
 @dataclass(frozen=True)
 class Provider:
     kind: str  # "default", "fallback" or "tenant" (llm_calls.provider)
@@ -83,8 +140,15 @@ class Usage:
 
     @classmethod
     def reported(cls, usage) -> "Usage | None":
-        """The provider's own figures (an ``openai`` usage object), if it sent any."""
-        return cls(usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else None
+        """The provider's own figures (an ``openai`` usage object), if it sent any that
+        can be true: otherwise the call's tokens are estimated."""
+        if not isinstance(usage, CompletionUsage):
+            return None
+        try:
+            return cls(_reported_tokens(usage.prompt_tokens), _reported_tokens(usage.completion_tokens))
+        except ValueError:
+            log.warning("the provider reported unusable token counts: %r", usage)
+            return None
 
 
 @dataclass(frozen=True)
@@ -120,6 +184,8 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         return Failure("provider_error", status in (408, 409, 429) or status >= 500, f"HTTP {status}")
+    if isinstance(exc, (MalformedReply, json.JSONDecodeError)):  # the latter: a body that is not JSON
+        return Failure("provider_error", True, f"malformed reply: {exc}"[:200])
     return Failure("provider_error", False, type(exc).__name__)
 
 
@@ -256,8 +322,10 @@ class CallContext:
             started = time.monotonic()
             try:
                 reply = await provider.client.chat.completions.create(model=model_name, **options)
+                if not options.get("stream"):
+                    reply_text(reply)  # a success that is no chat completion fails here, and may fall back
                 return provider, model_name, reply, started, counter[0]
-            except openai.OpenAIError as exc:
+            except (openai.OpenAIError, MalformedReply, json.JSONDecodeError) as exc:
                 failure = classify(exc)
                 self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
                 log.warning("LLM call failed: %s via %s provider after %d attempt(s)", failure.detail, provider.kind,
@@ -276,10 +344,10 @@ class CallContext:
         raises ``BadOutput`` (recorded as such, then ``LLMBadOutput``)."""
         provider, model_name, reply, started, attempts = await self._send(
             model, **_request_options(messages, temperature, max_tokens, json_object))
-        text = (reply.choices[0].message.content or "") if reply.choices else ""
-        usage = (Usage.reported(reply.usage)
+        text = reply_text(reply)
+        usage = (Usage.reported(getattr(reply, "usage", None))
                  or Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
-        used_model = reply.model or model_name
+        used_model = reported_model(getattr(reply, "model", None), model_name)
         try:
             value = parse(text) if parse else None
         except BadOutput as exc:
@@ -327,15 +395,13 @@ class LLMStream:
 
     async def deltas(self) -> AsyncIterator[str]:
         async for chunk in self._raw:
-            if chunk.model:
-                self.model = chunk.model
-            self._usage = Usage.reported(chunk.usage) or self._usage
-            for choice in chunk.choices or ():
-                text = choice.delta.content if choice.delta else None
-                if text:
-                    self._deltas += 1
-                    self._chars += len(text)
-                    yield text
+            self.model = reported_model(getattr(chunk, "model", None), self.model)
+            self._usage = Usage.reported(getattr(chunk, "usage", None)) or self._usage
+            text = delta_text(chunk)
+            if text:
+                self._deltas += 1
+                self._chars += len(text)
+                yield text
 
     @property
     def usage(self) -> Usage:

@@ -206,6 +206,53 @@ async def test_llm_prices_extend_the_built_in_table(make_client, factory, db, fr
     assert [c["cost_usd"] for c in await llm_calls(db, tenant["id"], 2)] == [Decimal("0.015"), Decimal("0.000005")]
 
 
+@pytest.mark.parametrize("behaviour", [
+    {"raw": {"content_type": "text/html", "body": "<html>a captive portal</html>"}},
+    {"raw": {"content_type": "application/json", "body": "not json"}},
+    {"raw": {"content_type": "application/json", "body": '"a string"'}},
+    {"reply_fields": {"choices": "abc"}},
+    {"reply_fields": {"choices": [{"index": 0, "message": {"role": "assistant", "content": 5}}]}},
+])
+async def test_a_success_that_is_no_chat_completion_is_a_provider_error(client, factory, db, fresh_llm, behaviour):
+    """Found by probing (a tenant's provider can be any site): these were 500s."""
+    tenant, auth = await factory.tenant_with_key()
+    fresh_llm.script(behaviour)
+    resp = await client.post("/api/v1/gpt", json={"prompt": "Hello"}, headers=auth)
+    assert resp.status == 502, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "llm_provider_error" and "malformed reply" in error["message"]
+    [call] = await llm_calls(db, tenant["id"])
+    assert call["outcome"] == "provider_error" and call["error"].startswith("malformed reply")
+
+
+@pytest.mark.parametrize("fields", [
+    {"usage": [1]},
+    {"usage": {"prompt_tokens": "five", "completion_tokens": 6, "total_tokens": 11}},
+    {"usage": {"prompt_tokens": 1e30, "completion_tokens": 6, "total_tokens": 11}},
+    {"usage": {"prompt_tokens": -5, "completion_tokens": 6, "total_tokens": 1}},
+    {"model": 5},
+    {"model": "\ud800"},
+])
+async def test_unbelievable_usage_or_model_in_a_reply_is_estimated_or_ignored(client, factory, db, fresh_llm, fields):
+    tenant, auth = await factory.tenant_with_key()
+    for stream in (False, True):
+        fresh_llm.script({"reply_fields": fields})
+        resp = await client.post("/api/v1/gpt", json={"prompt": "Hello there", "stream": stream}, headers=auth)
+        assert resp.status == 200, await resp.text()
+        answer = parse_sse(await resp.text())[-1][1] if stream else await resp.json()
+        assert answer["model"] == "gpt-4o-mini"
+        assert min(answer["usage"].values()) >= 0
+    calls = await llm_calls(db, tenant["id"], 2)
+    assert [(c["outcome"], c["model"]) for c in calls] == [("ok", "gpt-4o-mini")] * 2
+    assert all(c["usage_estimated"] for c in calls) == ("usage" in fields)
+
+
+async def test_text_that_json_cannot_carry_becomes_replacement_characters(client, auth, fresh_llm):
+    fresh_llm.script({"content": "half a pair: \ud83d!"})
+    resp = await client.post("/api/v1/gpt", json={"prompt": "Hello"}, headers=auth)
+    assert resp.status == 200 and (await resp.json())["text"] == "half a pair: \ufffd!"
+
+
 # --- streaming ------------------------------------------------------------------------
 
 def parse_sse(text: str) -> list[tuple[str, dict]]:

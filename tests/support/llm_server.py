@@ -10,7 +10,12 @@ otherwise a short text. Tests script failures on demand through a queue:
                                                {"status": 500}, {"delay_s": 3},
                                                {"content": "not json"}, {"disconnect": true},
                                                {"chunk_delay_s": 0.2}, {"break_after_words": 3},
-                                               {"redirect_to": "http://elsewhere/v1/chat/completions"}]}
+                                               {"redirect_to": "http://elsewhere/v1/chat/completions"},
+                                               {"raw": {"content_type": "text/html", "body": "<html>"}},
+                                               {"reply_fields": {"usage": [1], "model": 5}}]}
+
+``raw`` answers 200 with that body as it is; ``reply_fields`` replaces fields of the
+completion (of the last chunk, the one with the usage, when streaming).
 
 Each request takes the next behaviour (then the default); ``GET /_control/requests``
 lists what was received (for streams also whether the stream ``completed``, was
@@ -91,6 +96,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers = {"Retry-After": str(behaviour["retry_after"])} if "retry_after" in behaviour else None
         return _error(int(behaviour["status"]), behaviour.get("message", "Scripted failure."),
                       "rate_limit_error" if behaviour["status"] == 429 else "server_error", headers)
+    if "raw" in behaviour:
+        return web.Response(status=200, text=behaviour["raw"]["body"], content_type=behaviour["raw"]["content_type"])
+    fields = behaviour.get("reply_fields", {})
     content = _answer(body, behaviour)
     prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in body["messages"])
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": _tokens(content),
@@ -101,7 +109,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             "id": ident, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                          "finish_reason": "stop", "logprobs": None}],
-            "usage": usage,
+            "usage": usage, **fields,
         })
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
@@ -125,7 +133,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 return response
         await send([{"index": 0, "delta": {}, "finish_reason": "stop"}])
         if (body.get("stream_options") or {}).get("include_usage"):
-            await send([], usage=usage)
+            await send([], **{"usage": usage, **fields})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
