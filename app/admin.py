@@ -85,7 +85,8 @@ def _non_blank(value: str) -> str:
 async def _with_connection(settings: DatabaseSettings, work: Callable) -> Any:
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=10)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError, ValueError) as exc:
+        # ValueError: asyncpg refusing one of the URL's options (sslmode=...) or its host name.
         raise CommandError(f"cannot connect to the database: {exc}") from None
     try:
         return await work(conn)

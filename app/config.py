@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from cryptography.fernet import Fernet
 
@@ -28,14 +30,36 @@ class ConfigError(Exception):
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _database_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
-        raise ValueError("must look like postgresql://user:pass@host:port/db")
+def _check_host(parts: SplitResult) -> None:
+    """A port that is a port and a host name a resolver takes (IDNA: labels of 1-63 characters)."""
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         raise ValueError("has a malformed port") from None
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        if not host or re.search(r"[\s%/\\]", host):
+            raise UnicodeError
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"has a malformed host name {host!r}") from None
+
+
+def _database_url(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("has a character that is not printable")
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise ValueError("must look like postgresql://user:pass@host:port/db")
+    if parts.hostname:  # none: the local socket
+        _check_host(parts)
+    if "\x00" in unquote(parts.username or "") + unquote(parts.password or ""):
+        raise ValueError("has a NUL character in its user name or password")
     return value
 
 
@@ -43,11 +67,24 @@ def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s):// URL")
+    _check_host(parts)
     return value.rstrip("/")
+
+
+# How botocore checks a region name (a malformed one stops every worker's start-up).
+_REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+
+
+def _region(value: str) -> str:
+    if not _REGION.fullmatch(value):
+        raise ValueError(f"is not a region name: {value!r}")
+    return value
 
 
 # A key's per-minute limits are stored as PostgreSQL integers.
 MAX_RATE_LIMIT_PER_MIN = 2**31 - 1
+MAX_LLM_RETRIES = 10
+WEEK_S = 7 * 24 * 3600
 
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -113,7 +150,7 @@ def _price_file(value: str) -> dict[str, tuple[float, float]]:
             data = json.load(f)
     except OSError as exc:
         raise ValueError(f"cannot be read: {exc.strerror}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("must hold a JSON object of models")
@@ -121,10 +158,10 @@ def _price_file(value: str) -> dict[str, tuple[float, float]]:
     for model, entry in data.items():
         try:
             prices[model] = (float(entry["input_per_1m"]), float(entry["output_per_1m"]))
-        except (TypeError, KeyError, ValueError):
+        except (TypeError, KeyError, ValueError, OverflowError):
             raise ValueError(f"entry {model!r} needs numeric input_per_1m and output_per_1m") from None
-        if min(prices[model]) < 0:
-            raise ValueError(f"entry {model!r} has a negative price")
+        if not all(math.isfinite(price) and price >= 0 for price in prices[model]):
+            raise ValueError(f"entry {model!r} needs prices that are finite and not negative")
     return prices
 
 
@@ -216,6 +253,7 @@ class Settings(DatabaseSettings):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
+        _read(env, "AWS_DEFAULT_REGION", _region)  # boto3 reads it itself; checked here for the one clear line
         return cls(
             **_database_fields(env),
             s3_bucket=_read(env, "S3_BUCKET", _text, required=True),
@@ -224,18 +262,19 @@ class Settings(DatabaseSettings):
             openai_base_url=_read(env, "OPENAI_BASE_URL", _http_url, "https://api.openai.com/v1"),
             llm_model=_read(env, "LLM_MODEL", _text, "gpt-4o-mini"),
             llm_timeout_s=_read(env, "LLM_TIMEOUT_S", _positive_float, 30.0),
-            llm_max_retries=_read(env, "LLM_MAX_RETRIES", _int(0), 3),
+            llm_max_retries=_read(env, "LLM_MAX_RETRIES", _int(0, MAX_LLM_RETRIES), 3),
             **_fallback_fields(env),
             llm_prices=_read(env, "LLM_PRICES", _price_file, {}),
             app_encryption_keys=_read(env, "APP_ENCRYPTION_KEY", _encryption_keys, ()),
             llm_byok_allowed_networks=_read(env, "LLM_BYOK_ALLOWED_NETWORKS", _networks, ()),
             max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int(1), 1 << 30),
             # S3 wants parts of at least 5 MiB (all but the last one).
-            s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20), 5 << 20),
+            s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20, 5 << 30), 5 << 20),
             s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", _int(1), 6),
-            download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", _int(1), 900),
-            upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", _int(0), 3600),
-            upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", _int(1), 600),
+            # A pre-signed URL (signature v4) lives at most a week.
+            download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", _int(1, WEEK_S), 900),
+            upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", _int(0, 52 * WEEK_S), 3600),
+            upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", _int(1, WEEK_S), 600),
             # Less than gunicorn's graceful_timeout (30 s), which ends in SIGKILL.
             upload_shutdown_grace_s=_read(env, "UPLOAD_SHUTDOWN_GRACE_S", _int(0), 20),
             cors_origins=_read(env, "CORS_ORIGINS", _origins, ()),

@@ -138,6 +138,11 @@ def test_unreachable_database_exits_1(tmp_path):
     assert result.returncode == 1 and "cannot connect" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_database_url_option_asyncpg_refuses_exits_1(database_url):
+    result = admin("tenant", "list", database_url=database_url + "?sslmode=bogus")
+    assert result.returncode == 1 and "cannot connect" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_migrate_is_idempotent_and_safe_concurrently(pg):
     url = pg.create_database(unique("migrations").replace("-", "_"))
     runs = [subprocess.Popen([sys.executable, "-m", "app.admin", "migrate", "--json"], cwd=REPO_ROOT,

@@ -34,6 +34,13 @@ def test_values_are_parsed():
     ("S3_BUCKET", ""), ("S3_ENDPOINT_URL", "ftp://x"), ("LLM_TIMEOUT_S", "soon"), ("LLM_TIMEOUT_S", "0"),
     ("LLM_MAX_RETRIES", "-1"), ("MAX_UPLOAD_BYTES", "1G"), ("RATE_LIMIT_PREP_PER_MIN", "many"),
     ("RATE_LIMIT_CHECK_PER_MIN", "2147483648"),
+    # Found by probing: each of these passed, then stopped every worker's start-up with a traceback
+    # (or made every request a 500, or the sweeps log an overflow).
+    ("S3_ENDPOINT_URL", "http://exa mple.com"), ("S3_ENDPOINT_URL", "http://a..b"),
+    ("OPENAI_BASE_URL", "http://h:abc"), ("AWS_DEFAULT_REGION", "bad region!"),
+    ("DATABASE_URL", "postgresql://u:%00@127.0.0.1:5432/db"), ("DATABASE_URL", "postgresql://u:p@" + "a" * 64 + ".x/db"),
+    ("DATABASE_URL", "postgresql://u:p@h/db?application_name=\udcff"),
+    ("UPLOAD_ORPHAN_AGE_S", "1000000000000"), ("DOWNLOAD_URL_TTL_S", "604801"), ("LLM_MAX_RETRIES", "11"),
     ("CORS_ORIGINS", "not an origin"), ("LOG_LEVEL", "LOUD"), ("OPENAI_BASE_URL", "api.openai.com"),
     ("APP_ENCRYPTION_KEY", "too-short"), ("LLM_PRICES", "/nonexistent/prices.json"),
     ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.0/33"), ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.1/8"),
@@ -84,7 +91,12 @@ def test_llm_settings_are_parsed(tmp_path):
 
 @pytest.mark.parametrize("content, problem", [("not json", "not valid JSON"), ("[1]", "JSON object"),
                                               ('{"m": {"input_per_1m": 1}}', "needs numeric"),
-                                              ('{"m": {"input_per_1m": -1, "output_per_1m": 1}}', "negative")])
+                                              ('{"m": {"input_per_1m": -1, "output_per_1m": 1}}', "not negative"),
+                                              ('{"m": {"input_per_1m": NaN, "output_per_1m": 1}}', "finite"),
+                                              ('{"m": {"input_per_1m": 1, "output_per_1m": 1e999}}', "finite"),
+                                              ('{"m": {"input_per_1m": 1' + "0" * 400 + ', "output_per_1m": 1}}',
+                                               "needs numeric"),
+                                              ("[" * 100_000 + "]" * 100_000, "not valid JSON")])
 def test_a_bad_price_file_is_named(tmp_path, content, problem):
     prices = tmp_path / "prices.json"
     prices.write_text(content)
