@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import sys
 import uuid
 from typing import Any, Callable, Sequence
@@ -292,7 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CommandError) as exc:
         print(f"error: {exc}" if isinstance(exc, CommandError) else str(exc), file=sys.stderr)
         return 1
-    print(dumps(result) if getattr(args, "json", False) else render_text(result))
+    try:
+        print(dumps(result) if getattr(args, "json", False) else render_text(result), flush=True)
+    except BrokenPipeError:
+        # The reader went away (`… | head -1`): what was done stays done; no traceback. As the
+        # Python docs advise, stdout now points at /dev/null so that closing it at exit is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

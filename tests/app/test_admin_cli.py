@@ -157,3 +157,15 @@ def test_migrate_is_idempotent_and_safe_concurrently(pg):
     again = admin("migrate", "--json", database_url=url)
     assert json.loads(again.stdout) == {"applied": []}
     assert admin("migrate", database_url=url).stdout.strip() == "nothing to apply: the schema is up to date"
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(cli, database_url):
+    """`course-supporter-admin tenant list | head -1`: the pipe closes before the output is written."""
+    for _ in range(3):
+        ok_json(cli("tenant", "create", unique("many"), "--json"))
+    environment = {**os.environ, "DATABASE_URL": database_url}
+    run = subprocess.Popen([sys.executable, "-m", "app.admin", "tenant", "list"], cwd=REPO_ROOT, env=environment,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.close()  # the reader is gone before anything is written
+    assert run.wait(60) == 0
+    assert b"Traceback" not in run.stderr.read()
