@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
-from .jsonutil import json_response
+from .jsonutil import carriable, json_response
 from .keys import request_id_key
 
 log = logging.getLogger("app.errors")
@@ -93,8 +93,7 @@ _HTTP_CODES = {
 def error_body(status: int, code: str, message: str, details: Any = None, request_id: str | None = None) -> dict:
     # A message may quote the request (a media type, a file name): bytes that were not
     # UTF-8 arrive as lone surrogates, which JSON cannot carry.
-    message = message.encode("utf-8", "replace").decode("utf-8")
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": carriable(message)}
     if details is not None:
         error["details"] = details
     if request_id is not None:

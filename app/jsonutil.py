@@ -12,6 +12,16 @@ from aiohttp import web
 loads = orjson.loads
 
 
+def carriable(text: str) -> str:
+    """``text`` as JSON can carry it: a lone surrogate (an undecodable byte kept as an
+    escape, or half a pair) becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, uuid.UUID):  # asyncpg's own UUID type, which orjson does not know
         return str(value)

@@ -35,7 +35,7 @@ from openai.types import CompletionUsage
 
 from ..config import Settings
 from ..errors import ApiError, ServiceUnavailable
-from ..jsonutil import loads
+from ..jsonutil import carriable, loads
 from . import accounting, byok
 from .byok import KeyBox
 from .prices import PriceTable
@@ -90,15 +90,6 @@ def reported_model(value: Any, requested: str) -> str:
     return requested
 
 
-def _valid_text(text: str) -> str:
-    """Text as JSON can carry it: a lone surrogate (no character) becomes U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
 def reply_text(reply: Any) -> str:
     """The text of a chat completion's first choice; ``MalformedReply`` if it is none."""
     choices = getattr(reply, "choices", None)
@@ -109,7 +100,7 @@ def reply_text(reply: Any) -> str:
     content = getattr(getattr(choices[0], "message", None), "content", None)
     if content is not None and not isinstance(content, str):
         raise MalformedReply("the message content is not text")
-    return _valid_text(content or "")
+    return carriable(content or "")
 
 
 def delta_text(chunk: Any) -> str:
@@ -118,7 +109,7 @@ def delta_text(chunk: Any) -> str:
     if not isinstance(choices, list):
         return ""
     parts = (getattr(getattr(choice, "delta", None), "content", None) for choice in choices)
-    return "".join(_valid_text(part) for part in parts if isinstance(part, str))
+    return "".join(carriable(part) for part in parts if isinstance(part, str))
 
 
 @dataclass(frozen=True)
