@@ -19,7 +19,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cryptography.fernet import Fernet
 
 from . import backup, tenants
-from .config import MAX_RATE_LIMIT_PER_MIN, ConfigError, DatabaseSettings, Settings, encryption_keys_from_env
+from .config import (MAX_RATE_LIMIT_PER_MIN, ConfigError, DatabaseSettings, Settings, encryption_keys_from_env,
+                     whole_number)
 from .llm import byok
 from .llm.byok import EncryptionUnavailable, KeyBox
 from .jsonutil import dumps
@@ -48,16 +49,16 @@ def _scopes(value: str) -> list[str]:
 
 
 def _whole_number(maximum: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = -1
-        if not 0 <= number <= maximum:
-            raise argparse.ArgumentTypeError(f"must be an integer from 0 to {maximum}: {value!r}")
-        return number
+    """The configuration's integer parser, its complaint as argparse's usage error."""
+    parse = whole_number(0, maximum)
 
-    return parse
+    def argument(value: str) -> int:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return argument
 
 
 MAX_KEEP_DAYS = 36_500

@@ -87,7 +87,8 @@ MAX_LLM_RETRIES = 10
 WEEK_S = 7 * 24 * 3600
 
 
-def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A parser of integers from ``minimum`` to ``maximum`` (ValueError naming the bound)."""
     def parse(value: str) -> int:
         try:
             number = int(value)
@@ -203,11 +204,14 @@ class DatabaseSettings:
         return cls(**_database_fields(env))
 
 
+_RATE_LIMIT = whole_number(0, MAX_RATE_LIMIT_PER_MIN)
+
+
 def _database_fields(env: Mapping[str, str]) -> dict:
     return {
         "database_url": _read(env, "DATABASE_URL", _database_url, required=True),
-        "rate_limit_prep_per_min": _read(env, "RATE_LIMIT_PREP_PER_MIN", _int(0, MAX_RATE_LIMIT_PER_MIN), 60),
-        "rate_limit_check_per_min": _read(env, "RATE_LIMIT_CHECK_PER_MIN", _int(0, MAX_RATE_LIMIT_PER_MIN), 300),
+        "rate_limit_prep_per_min": _read(env, "RATE_LIMIT_PREP_PER_MIN", _RATE_LIMIT, 60),
+        "rate_limit_check_per_min": _read(env, "RATE_LIMIT_CHECK_PER_MIN", _RATE_LIMIT, 300),
     }
 
 
@@ -262,21 +266,21 @@ class Settings(DatabaseSettings):
             openai_base_url=_read(env, "OPENAI_BASE_URL", _http_url, "https://api.openai.com/v1"),
             llm_model=_read(env, "LLM_MODEL", _text, "gpt-4o-mini"),
             llm_timeout_s=_read(env, "LLM_TIMEOUT_S", _positive_float, 30.0),
-            llm_max_retries=_read(env, "LLM_MAX_RETRIES", _int(0, MAX_LLM_RETRIES), 3),
+            llm_max_retries=_read(env, "LLM_MAX_RETRIES", whole_number(0, MAX_LLM_RETRIES), 3),
             **_fallback_fields(env),
             llm_prices=_read(env, "LLM_PRICES", _price_file, {}),
             app_encryption_keys=_read(env, "APP_ENCRYPTION_KEY", _encryption_keys, ()),
             llm_byok_allowed_networks=_read(env, "LLM_BYOK_ALLOWED_NETWORKS", _networks, ()),
-            max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", _int(1), 1 << 30),
+            max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", whole_number(1), 1 << 30),
             # S3 wants parts of at least 5 MiB (all but the last one).
-            s3_part_bytes=_read(env, "S3_PART_BYTES", _int(5 << 20, 5 << 30), 5 << 20),
-            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", _int(1), 6),
+            s3_part_bytes=_read(env, "S3_PART_BYTES", whole_number(5 << 20, 5 << 30), 5 << 20),
+            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", whole_number(1), 6),
             # A pre-signed URL (signature v4) lives at most a week.
-            download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", _int(1, WEEK_S), 900),
-            upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", _int(0, 52 * WEEK_S), 3600),
-            upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", _int(1, WEEK_S), 600),
+            download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", whole_number(1, WEEK_S), 900),
+            upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", whole_number(0, 52 * WEEK_S), 3600),
+            upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", whole_number(1, WEEK_S), 600),
             # Less than gunicorn's graceful_timeout (30 s), which ends in SIGKILL.
-            upload_shutdown_grace_s=_read(env, "UPLOAD_SHUTDOWN_GRACE_S", _int(0), 20),
+            upload_shutdown_grace_s=_read(env, "UPLOAD_SHUTDOWN_GRACE_S", whole_number(0), 20),
             cors_origins=_read(env, "CORS_ORIGINS", _origins, ()),
             log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
         )
