@@ -30,12 +30,15 @@ class ConfigError(Exception):
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _check_host(parts: SplitResult) -> None:
-    """A port that is a port and a host name a resolver takes (IDNA: labels of 1-63 characters)."""
+def check_host_and_port(parts: SplitResult) -> None:
+    """A port from 1 to 65535 if any, and a host name a resolver takes (an IP address, or
+    IDNA: labels of 1-63 characters); ValueError otherwise."""
     try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port
     except ValueError:
         raise ValueError("has a malformed port") from None
+    if port == 0:
+        raise ValueError("has port 0")
     host = parts.hostname or ""
     try:
         ipaddress.ip_address(host)
@@ -57,7 +60,7 @@ def _database_url(value: str) -> str:
     if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
         raise ValueError("must look like postgresql://user:pass@host:port/db")
     if parts.hostname:  # none: the local socket
-        _check_host(parts)
+        check_host_and_port(parts)
     if "\x00" in unquote(parts.username or "") + unquote(parts.password or ""):
         raise ValueError("has a NUL character in its user name or password")
     return value
@@ -67,7 +70,7 @@ def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s):// URL")
-    _check_host(parts)
+    check_host_and_port(parts)
     return value.rstrip("/")
 
 

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
+from .config import check_host_and_port
+
 TITLE = validate.Length(min=1, max=200)
 DESCRIPTION = validate.Length(max=10_000)
 CONTENT = validate.Length(max=200_000)
@@ -356,14 +358,12 @@ class CostReportSchema(Schema):
 
 
 def _host_and_port(url: str) -> None:
-    """What the URL validator lets through but a connection cannot use: a port beyond
-    1-65535, a bracketed host that is no IPv6 address."""
+    """What the URL validator lets through but a connection cannot use (a port beyond
+    1-65535, a bracketed host that is no IPv6 address): the configuration's own check."""
     try:
-        port = urlsplit(url).port
+        check_host_and_port(urlsplit(url))
     except ValueError as exc:
-        raise ValidationError(f"Not a usable URL: {exc}.") from None
-    if port == 0:
-        raise ValidationError("Not a usable URL: port 0.")
+        raise ValidationError(f"Not a usable URL ({exc}).") from None
 
 
 class LLMSettingsInputSchema(StrictSchema):

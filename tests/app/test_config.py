@@ -37,8 +37,9 @@ def test_values_are_parsed():
     # Found by probing: each of these passed, then stopped every worker's start-up with a traceback
     # (or made every request a 500, or the sweeps log an overflow).
     ("S3_ENDPOINT_URL", "http://exa mple.com"), ("S3_ENDPOINT_URL", "http://a..b"),
-    ("OPENAI_BASE_URL", "http://h:abc"), ("AWS_DEFAULT_REGION", "bad region!"),
-    ("DATABASE_URL", "postgresql://u:%00@127.0.0.1:5432/db"), ("DATABASE_URL", "postgresql://u:p@" + "a" * 64 + ".x/db"),
+    ("OPENAI_BASE_URL", "http://h:abc"), ("S3_ENDPOINT_URL", "http://127.0.0.1:0"),
+    ("AWS_DEFAULT_REGION", "bad region!"), ("DATABASE_URL", "postgresql://u:%00@127.0.0.1:5432/db"),
+    ("DATABASE_URL", "postgresql://u:p@" + "a" * 64 + ".x/db"),
     ("DATABASE_URL", "postgresql://u:p@h/db?application_name=\udcff"),
     ("UPLOAD_ORPHAN_AGE_S", "1000000000000"), ("DOWNLOAD_URL_TTL_S", "604801"), ("LLM_MAX_RETRIES", "11"),
     ("CORS_ORIGINS", "not an origin"), ("LOG_LEVEL", "LOUD"), ("OPENAI_BASE_URL", "api.openai.com"),
