@@ -90,14 +90,23 @@ def _json_schema_of(schemas):
     return None
 
 
+# The content codings aiohttp decodes as installed. br and zstd would need libraries this
+# project does not ship: aiohttp refuses those itself, in plain text, before any
+# middleware (nginx answers them first, see nginx/); any other coding would reach the
+# handlers still encoded.
+CONTENT_CODINGS = ("identity", "gzip", "deflate")
+
+
 @web.middleware
 async def validation_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Input validation for handlers that declare schemas; others pass straight through.
 
-    A JSON body first gets the checks webargs lacks: 415 for another media type,
+    Any body must be in a content coding the app decodes (415). A JSON body first gets the checks webargs lacks: 415 for another media type,
     400 for broken JSON, 422 for a body that is not an object or has fields the
     schema lacks. Then aiohttp-apispec's validation middleware validates the
     fields (422 with details) and puts the result on the request."""
+    if request.body_exists:
+        _check_content_coding(request)
     schemas = getattr(request.match_info.handler, "__schemas__", None)
     if not schemas:
         return await handler(request)
@@ -105,6 +114,13 @@ async def validation_middleware(request: web.Request, handler) -> web.StreamResp
     if schema is not None and request.body_exists:
         await _check_json_body(request, schema)
     return await apispec_validation_middleware(request, handler)
+
+
+def _check_content_coding(request: web.Request) -> None:
+    coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() or "identity"
+    if coding not in CONTENT_CODINGS:
+        raise UnsupportedMediaType(f'Content-Encoding "{coding[:64]}" is not supported; '
+                                   f"send the body as {', '.join(CONTENT_CODINGS)}.")
 
 
 # Far deeper than any request body here (a course structure is 5 levels); deeper ones

@@ -136,6 +136,30 @@ async def test_a_body_not_in_its_declared_content_encoding_is_400(client, auth):
     assert listing["items"] == []
 
 
+async def test_a_body_in_a_content_coding_the_app_does_not_decode_is_415(client, auth):
+    """aiohttp passes codings it does not know through undecoded: such a body would be read
+    as JSON or stored as the file. (br and zstd it refuses itself, before any middleware;
+    nginx answers those, see tests/appliance/test_security.py.)"""
+    course = await (await client.post("/api/v1/courses", json={"title": "codings"}, headers=auth)).json()
+    targets = [("/api/v1/courses", "application/json", b'{"title": "t"}'),
+               (f"/api/v1/courses/{course['id']}/materials?filename=a.txt", "text/plain", b"plain bytes")]
+    for path, content_type, body in targets:
+        for coding in ("compress", "x-gzip", "gzip, gzip", "foo"):
+            resp = await client.post(path, data=body,
+                                     headers={**auth, "Content-Type": content_type, "Content-Encoding": coding})
+            assert resp.status == 415, (path, coding, await resp.text())
+            error = (await resp.json())["error"]
+            assert error["code"] == "unsupported_media_type" and f'"{coding}"' in error["message"]
+            assert resp.headers["X-RateLimit-Limit"] != "0"  # counted like any other request
+    listing = await (await client.get(f"/api/v1/courses/{course['id']}/materials", headers=auth)).json()
+    assert listing["items"] == []
+    # identity (any case) and no coding at all are the plain body.
+    for headers in ({"Content-Encoding": "Identity"}, {"Content-Encoding": ""}, {}):
+        resp = await client.post("/api/v1/courses", data=b'{"title": "plain"}',
+                                 headers={**auth, "Content-Type": "application/json", **headers})
+        assert resp.status == 201, (headers, await resp.text())
+
+
 async def test_long_headers_that_nginx_forwards_reach_the_app(client, auth):
     """nginx passes header fields of up to 8 KiB compressed over HTTP/2, longer than aiohttp's
     own 8190-byte limit, which would answer plain text past every middleware."""

@@ -201,6 +201,30 @@ def test_requests_nginx_cannot_take_get_json_errors(vps, request_bytes, status, 
     assert json.loads(body)["error"]["code"] == code and "strict-transport-security" in headers
 
 
+@pytest.mark.parametrize("request_bytes, status, code", [
+    (b"GET /api/v1/courses/\xc3\xa9 HTTP/1.1\r\n", 400, "bad_request"),
+    (b"GET /api/v1/courses?limit=\xff HTTP/1.1\r\n", 400, "bad_request"),
+    (b"POST /api/v1/courses HTTP/1.1\r\nContent-Type: application/json\r\nContent-Encoding: br\r\n"
+     b"Content-Length: 2\r\n", 415, "unsupported_media_type"),
+    (b"POST /api/v1/courses HTTP/1.1\r\nContent-Type: application/json\r\nContent-Encoding: ZSTD\r\n"
+     b"Content-Length: 2\r\n", 415, "unsupported_media_type"),
+])
+def test_requests_the_apps_parser_refuses_get_json_errors_from_nginx(vps, request_bytes, status, code):
+    """aiohttp refuses these in plain text, before any of the app's middlewares."""
+    request = request_bytes + b"Host: " + vps["domain"].encode() + b"\r\nConnection: close\r\n\r\n"
+    got, headers, body = _raw_https(vps, request + (b"{}" if request.startswith(b"POST") else b""))
+    assert (got, headers["content-type"]) == (status, "application/json"), body[:300]
+    assert json.loads(body)["error"]["code"] == code and "strict-transport-security" in headers
+
+
+def test_the_content_codings_the_app_decodes_pass_nginx(curl):
+    for coding in ("identity", "GZIP"):
+        status, _, body = curl("/api/v1/courses", "-X", "POST", "-H", "Content-Type: application/json",
+                               "-H", f"Content-Encoding: {coding}", "--data-binary", "{}")
+        # Past nginx: the app's own answers (no key; with one, a 422 or a 400 for a body not in gzip).
+        assert (status, json.loads(body)["error"]["code"]) == (401, "missing_api_key"), (coding, body[:300])
+
+
 def test_long_headers_nginx_forwards_over_http2_get_the_apps_json(curl):
     """Over HTTP/2 nginx measures header fields compressed: a 9000-byte one reaches the app."""
     status, headers, body = curl("/api/v1/courses", "--http2", "-H", "X-Big: " + "a" * 9000)
