@@ -12,6 +12,7 @@ import logging
 import sys
 from contextvars import ContextVar
 
+from aiohttp.web import RequestPayloadError
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -49,6 +50,20 @@ class JsonLinesHandler(logging.StreamHandler):
         self.addFilter(RequestContextFilter())
 
 
+class DrainedBrokenBodyFilter(logging.Filter):
+    """Drops aiohttp's "Unhandled exception" traceback for a request body that cannot be
+    decoded. After the answer, aiohttp reads what is left of the body to discard it, which
+    raises the body's decoding error again. The app has already answered that request
+    with a 400 malformed_body and logged it, so the traceback adds nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (record.msg == "Unhandled exception" and isinstance(exc, RequestPayloadError))
+
+
+_drained_broken_body_filter = DrainedBrokenBodyFilter()
+
+
 # The logging HOWTO's "Optimization": our JSON lines carry no file/line/thread/process
 # fields, so skip collecting them for every record.
 logging._srcfile = None
@@ -71,5 +86,6 @@ def setup_logging(level: str = "INFO", stream=None) -> None:
     logging.getLogger("botocore").setLevel(max(logging.INFO, logging.getLevelName(level)))
     # The LLM client's HTTP library logs every request at INFO; our own line per call says more.
     logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.getLogger("aiohttp.server").addFilter(_drained_broken_body_filter)  # adding it again: no-op
     # Our middleware writes the access log; aiohttp's own is switched off.
     logging.getLogger("aiohttp.access").disabled = True
