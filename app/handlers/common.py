@@ -17,7 +17,7 @@ _ERROR_DESCRIPTIONS = {
     403: "The key lacks the scope",
     404: "No such resource for this tenant",
     413: "The body is too large: a file over MAX_UPLOAD_BYTES, or a JSON body over 8 MiB",
-    415: "Unsupported media type",
+    415: "Unsupported media type, or a Content-Encoding other than identity, gzip or deflate",
     422: "Validation failed; details list the fields",
     429: "Rate limit exceeded; see Retry-After",
     502: "The LLM provider failed (llm_provider_error) or gave an unusable reply twice (llm_bad_output)",

@@ -40,7 +40,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The file is larger than the {limit} bytes allowed.")
 
 
-@api_endpoint("prep", tags=TAGS, summary="Upload a material (streamed to storage)", errors=(400, 404, 413, 422),
+@api_endpoint("prep", tags=TAGS, summary="Upload a material (streamed to storage)", errors=(400, 404, 413, 415, 422),
               description="`multipart/form-data` with a `file` part, or the raw file with its own Content-Type "
                           "and `?filename=`. Streamed to storage as it arrives; nothing is kept unless the whole "
                           "file arrived.")

@@ -157,6 +157,10 @@ async def test_a_body_in_a_content_coding_the_app_does_not_decode_is_415(client,
             assert resp.headers["X-RateLimit-Limit"] != "0"  # counted like any other request
     listing = await (await client.get(f"/api/v1/courses/{course['id']}/materials", headers=auth)).json()
     assert listing["items"] == []
+    paths = (await (await client.get("/api/docs/swagger.json")).json())["paths"]
+    with_bodies = [(path, method) for path, ops in paths.items() for method, op in ops.items()
+                   if path.startswith("/api/v1/") and method in ("post", "put", "patch")]
+    assert [(p, m) for p, m in with_bodies if "415" not in paths[p][m]["responses"]] == []
     # identity (any case) and no coding at all are the plain body.
     for headers in ({"Content-Encoding": "Identity"}, {"Content-Encoding": ""}, {}):
         resp = await client.post("/api/v1/courses", data=b'{"title": "plain"}',
