@@ -57,14 +57,16 @@ def pdf_text(data: bytes, budget_chars: int) -> str:
 
 
 async def _text_of(storage, row: dict, budget_chars: int) -> str:
+    if row["size_bytes"] == 0:  # nothing to read (and S3 refuses any range of an empty object)
+        return ""
     if row["kind"] == "text":
-        head = await storage.read_head(row["object_key"], min(budget_chars, row["size_bytes"]) or 1)
+        head = await storage.read_head(row["object_key"], min(budget_chars, row["size_bytes"]))
         return head.decode("utf-8", errors="ignore")
     if row["size_bytes"] > PDF_MAX_BYTES:
         log.info("PDF %r left out of the LLM's input: %d bytes is over %d", row["filename"], row["size_bytes"],
                  PDF_MAX_BYTES)
         return ""
-    data = await storage.read_head(row["object_key"], row["size_bytes"] or 1)
+    data = await storage.read_head(row["object_key"], row["size_bytes"])
     try:
         return await asyncio.to_thread(pdf_text, data, budget_chars)
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:  # a broken or encrypted PDF

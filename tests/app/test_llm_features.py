@@ -141,6 +141,23 @@ async def test_pdf_materials_are_read_and_broken_ones_left_out(client, auth, fre
     assert "broken.pdf" not in prompt
 
 
+async def test_empty_materials_are_left_out(client, auth, fresh_llm):
+    """Found by probing: S3 refuses any byte range of an empty object, and one empty text
+    file made every generation for its course a 503 storage_unavailable."""
+    course = await make_course(client, auth)
+    base = f"/api/v1/courses/{course['id']}"
+    for name, content_type, body in (("empty.txt", "text/plain", b""), ("empty.pdf", "application/pdf", b""),
+                                     ("empty.md", "application/octet-stream", b""),
+                                     ("notes.md", "text/markdown", b"Limits and continuity")):
+        resp = await client.post(f"{base}/materials?filename={name}", data=body,
+                                 headers={**auth, "Content-Type": content_type})
+        assert resp.status == 201 and (await resp.json())["size_bytes"] == len(body)
+    resp = await client.post(f"{base}/structure", json={}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    prompt = fresh_llm.requests()[0]["body"]["messages"][-1]["content"]
+    assert "Limits and continuity" in prompt and "empty." not in prompt
+
+
 async def test_structure_generation_without_a_body_or_materials(client, auth, fresh_llm):
     course = await make_course(client, auth)
     resp = await client.post(f"/api/v1/courses/{course['id']}/structure", headers=auth)
