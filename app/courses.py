@@ -116,6 +116,14 @@ async def replace_structure(conn: asyncpg.Connection, tenant_id: uuid.UUID, cour
                 """INSERT INTO lessons (course_id, module_id, position, title, content, pass_score)
                    SELECT $1, * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::smallint[])""",
                 course_id, *map(list, zip(*lesson_rows)))
+        # The old lessons are gone: the slide mapping keeps its slides and times, without lessons.
+        await conn.execute(
+            """UPDATE slide_mappings
+               SET items = (SELECT jsonb_agg(item || '{"lesson_id": null}' ORDER BY position)
+                            FROM jsonb_array_elements(items) WITH ORDINALITY AS e(item, position)),
+                   updated_at = now()
+               WHERE course_id = $1 AND jsonb_path_exists(items, '$[*] ? (@.lesson_id != null)')""",
+            course_id)
         await conn.execute("UPDATE courses SET updated_at = now() WHERE id = $1", course_id)
         return await conn.fetchval(f"SELECT {_STRUCTURE_SQL} FROM courses c WHERE c.id = $1", course_id)
 

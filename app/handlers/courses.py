@@ -78,7 +78,8 @@ async def delete_course(request: web.Request) -> web.Response:
 
 
 @api_endpoint("prep", tags=TAGS, summary="Replace a course's modules and lessons", errors=(400, 404, 415, 422),
-              description="The old structure is replaced as a whole; every module and lesson gets a new id.")
+              description="The old structure is replaced as a whole; every module and lesson gets a new id. "
+                          "The slide mapping keeps its slides and times, with `lesson_id` null.")
 @request_schema(StructureInputSchema, locations=["json"], required=True)
 @response_schema(StructureSchema, 200)
 async def put_structure(request: web.Request) -> web.Response:

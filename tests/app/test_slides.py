@@ -37,6 +37,33 @@ async def test_mapping_is_stored_sorted_and_replaced(client, auth, course):
     assert replaced["material_id"] is None and len(replaced["items"]) == 1
 
 
+async def test_a_new_structure_leaves_the_mapping_without_the_old_lessons(client, auth, course):
+    """Found by probing: the mapping kept lesson ids that PUT …/structure had replaced."""
+    url = f"/api/v1/courses/{course['id']}/slide-mapping"
+    items = [{"slide_number": 1, "lesson_id": course["lessons"][0], "start_s": 0.0, "end_s": 30.0},
+             {"slide_number": 2, "lesson_id": None, "start_s": 30.0, "end_s": None},
+             {"slide_number": 3, "lesson_id": course["lessons"][1], "start_s": None, "end_s": None}]
+    before = await (await client.post(url, json={"material_id": course["material"], "items": items},
+                                      headers=auth)).json()
+    other = await (await client.post("/api/v1/courses", json={"title": "Untouched"}, headers=auth)).json()
+    other_lessons = (await (await client.put(f"/api/v1/courses/{other['id']}/structure", headers=auth, json={
+        "modules": [{"title": "M", "lessons": [{"title": "Stays"}]}]})).json())["modules"][0]["lessons"]
+    other_mapping = await (await client.post(f"/api/v1/courses/{other['id']}/slide-mapping", headers=auth, json={
+        "items": [{"slide_number": 1, "lesson_id": other_lessons[0]["id"]}]})).json()
+
+    resp = await client.put(f"/api/v1/courses/{course['id']}/structure", headers=auth,
+                            json={"modules": [{"title": "New", "lessons": [{"title": "N1"}]}]})
+    assert resp.status == 200
+    after = await (await client.get(url, headers=auth)).json()
+    assert after["items"] == [{**item, "lesson_id": None} for item in items]
+    assert after["material_id"] == course["material"] and after["updated_at"] > before["updated_at"]
+    assert await (await client.get(f"/api/v1/courses/{other['id']}/slide-mapping", headers=auth)).json() \
+        == other_mapping
+    # With no lesson left to forget, a new structure leaves the mapping as it is.
+    await client.put(f"/api/v1/courses/{course['id']}/structure", headers=auth, json={"modules": []})
+    assert await (await client.get(url, headers=auth)).json() == after
+
+
 @pytest.mark.parametrize("items, where", [
     ([{"slide_number": 0}], ("items", "0", "slide_number")),
     ([{"slide_number": "one"}], ("items", "0", "slide_number")),
