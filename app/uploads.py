@@ -10,7 +10,7 @@ from typing import AsyncIterator
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .errors import BadRequest, ValidationFailed
+from .errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from .materials import clean_filename
 
 CHUNK_BYTES = 256 * 1024
@@ -20,6 +20,9 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # type/subtype, then any parameters, in printable ASCII: what storage headers can carry.
 _CONTENT_TYPE = re.compile(r"[\w!#$&^.+-]+/[\w!#$&^.+-]+(\s*;[\x20-\x7e]*)?", re.ASCII)
 MAX_CONTENT_TYPE_CHARS = 255
+# RFC 7578 (4.7): form parts carry their bytes as they are; base64 or quoted-printable
+# would be stored still encoded.
+PART_TRANSFER_ENCODINGS = ("binary", "8bit", "7bit")
 # What aiohttp's multipart reader raises on a body that is not well-formed multipart.
 MALFORMED_MULTIPART = (ValueError, HttpProcessingError)
 
@@ -72,17 +75,24 @@ async def _multipart_file(request: web.Request) -> IncomingFile:
     if part is None:
         raise ValidationFailed("The form has no file part named 'file'.",
                                details={"file": ["Missing data for required field."]})
+    transfer_encoding = part.headers.get(hdrs.CONTENT_TRANSFER_ENCODING, "binary").strip().lower()
+    if transfer_encoding not in PART_TRANSFER_ENCODINGS:
+        raise UnsupportedMediaType(f'The file part\'s Content-Transfer-Encoding "{transfer_encoding[:64]}" is not '
+                                   "supported: send the file's bytes as they are (RFC 7578).")
     content_type = clean_content_type(part.headers.get(hdrs.CONTENT_TYPE))
     return IncomingFile(clean_filename(part.filename), content_type, _part_chunks(reader, part))
 
 
 async def _part_chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIterator[bytes]:
     """The file part's bytes; then the rest of the form, which must end with its closing
-    boundary: a body cut short is an error, not a shorter file."""
+    boundary (a body cut short is an error, not a shorter file) and hold no second file."""
     try:
         while chunk := await part.read_chunk(CHUNK_BYTES):
             yield chunk
         while (rest := await reader.next()) is not None:
+            if isinstance(rest, BodyPartReader) and rest.name == "file":  # what was read so far is discarded
+                raise ValidationFailed("The form has more than one part named 'file': send one file per upload.",
+                                       details={"file": ["One file per upload."]})
             await rest.release()
     except MALFORMED_MULTIPART as exc:
         raise _malformed(exc) from None

@@ -41,7 +41,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 @api_endpoint("prep", tags=TAGS, summary="Upload a material (streamed to storage)", errors=(400, 404, 413, 415, 422),
-              description="`multipart/form-data` with a `file` part, or the raw file with its own Content-Type "
+              description="`multipart/form-data` with one `file` part, or the raw file with its own Content-Type "
                           "and `?filename=`. Streamed to storage as it arrives; nothing is kept unless the whole "
                           "file arrived.")
 @docs(**_UPLOAD_DOC)

@@ -258,6 +258,41 @@ async def test_a_malformed_multipart_body_is_400_and_keeps_nothing(client, auth,
     assert _multipart_uploads(s3, bucket) == []
 
 
+def _form(*parts: bytes) -> bytes:
+    return b"".join(b"--B0\r\n" + part + b"\r\n" for part in parts) + b"--B0--\r\n"
+
+
+FILE_PART = b'Content-Disposition: form-data; name="file"; filename="%s"\r\n'
+
+
+@pytest.mark.parametrize("body, status, in_message", [
+    # Found by probing: the second file was dropped without a word.
+    (_form(FILE_PART % b"a.txt" + b"\r\nfirst", b'Content-Disposition: form-data; name="note"\r\n\r\nx',
+           FILE_PART % b"b.txt" + b"\r\nsecond"), 422, "one file per upload"),
+    # Found by probing: the part was stored still in base64.
+    (_form(FILE_PART % b"a.txt" + b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8="), 415,
+     '"base64" is not supported'),
+])
+async def test_a_form_the_upload_cannot_store_as_sent_keeps_nothing(client, auth, s3, bucket, body, status,
+                                                                    in_message):
+    course_id = await _course(client, auth)
+    before = _objects(s3, bucket)
+    response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
+                                 headers={**auth, "Content-Type": "multipart/form-data; boundary=B0"})
+    assert response.status == status, await response.text()
+    assert in_message in (await response.json())["error"]["message"]
+    listed = await client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)
+    assert (await listed.json())["items"] == [] and _objects(s3, bucket) == before
+    assert _multipart_uploads(s3, bucket) == []
+    # One file, with or without a plain transfer encoding and other fields around it, is stored.
+    for transfer_encoding in (b"", b"Content-Transfer-Encoding: BINARY\r\n"):
+        body = _form(b'Content-Disposition: form-data; name="note"\r\n\r\nx',
+                     FILE_PART % b"a.txt" + transfer_encoding + b"\r\nhello")
+        response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
+                                     headers={**auth, "Content-Type": "multipart/form-data; boundary=B0"})
+        assert response.status == 201 and (await response.json())["size_bytes"] == 5, await response.text()
+
+
 async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, bucket):
     course_id = await _course(client, auth)
     response = await client.post(f"/api/v1/courses/{course_id}/materials", params={"filename": "../../etc/passwd"},
