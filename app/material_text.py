@@ -3,7 +3,8 @@
 Plain text and Markdown are read as they are; PDFs through pypdf, page by page
 until the budget is used. Only the first bytes of a text file are fetched (a
 ranged GET); a PDF must be read whole, so PDFs above ``PDF_MAX_BYTES`` are left
-out, as is any file that cannot be read (logged, never fatal).
+out, as is any file that cannot be read or is missing from storage (logged, never
+fatal).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import uuid
 import asyncpg
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
+
+from .storage import ObjectMissing
 
 log = logging.getLogger("app.materials")
 
@@ -80,7 +83,12 @@ async def read_texts(storage, rows: list[dict], budget_chars: int) -> list[tuple
     for row in rows:
         if budget_chars <= 0:
             break
-        text = (await _text_of(storage, row, budget_chars)).strip()[:budget_chars]
+        try:
+            text = (await _text_of(storage, row, budget_chars)).strip()[:budget_chars]
+        except ObjectMissing:
+            log.warning("material %r left out of the LLM's input: its file is missing from storage (%s)",
+                        row["filename"], row["object_key"])
+            continue
         if text:
             texts.append((row["filename"], text))
             budget_chars -= len(text)

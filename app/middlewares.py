@@ -101,10 +101,11 @@ CONTENT_CODINGS = ("identity", "gzip", "deflate")
 async def validation_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Input validation for handlers that declare schemas; others pass straight through.
 
-    Any body must be in a content coding the app decodes (415). A JSON body first gets the checks webargs lacks: 415 for another media type,
-    400 for broken JSON, 422 for a body that is not an object or has fields the
-    schema lacks. Then aiohttp-apispec's validation middleware validates the
-    fields (422 with details) and puts the result on the request."""
+    Any body must be in a content coding the app decodes (415). A JSON body first
+    gets the checks webargs lacks: 415 for another media type, 400 for broken JSON,
+    422 for a body that is not an object or has fields the schema lacks. Then
+    aiohttp-apispec's validation middleware validates the fields (422 with details)
+    and puts the result on the request."""
     if request.body_exists:
         _check_content_coding(request)
     schemas = getattr(request.match_info.handler, "__schemas__", None)

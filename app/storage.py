@@ -36,6 +36,11 @@ class StorageUnavailable(ServiceUnavailable):
 
 
 _STORAGE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+
+
+class ObjectMissing(Exception):
+    """The store answered, and the object is not there (deleted behind the app's back,
+    or a database restored to a time when it still existed)."""
 TRANSFER_THREADS = 16
 # Send and check the x-amz-checksum-* headers only where an operation requires them.
 # botocore's default ("when_supported") adds a CRC32 header to every put_object and
@@ -86,6 +91,11 @@ class Storage:
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._transfers, fetch)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectMissing(key) from exc
+            log.warning("storage get_object failed: %s", exc)
+            raise StorageUnavailable() from exc
         except _STORAGE_ERRORS as exc:
             log.warning("storage get_object failed: %s", exc)
             raise StorageUnavailable() from exc

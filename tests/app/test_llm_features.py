@@ -158,6 +158,26 @@ async def test_empty_materials_are_left_out(client, auth, fresh_llm):
     assert "Limits and continuity" in prompt and "empty." not in prompt
 
 
+async def test_a_material_whose_file_is_missing_from_storage_is_left_out(client, auth, fresh_llm, s3, bucket):
+    """Deleted behind the app's back, or a database restored to before a file was deleted:
+    a 503 storage_unavailable for every generation would be false."""
+    course = await make_course(client, auth)
+    base = f"/api/v1/courses/{course['id']}"
+    gone = await (await client.post(f"{base}/materials?filename=gone.md", data=b"Lost notes",
+                                    headers={**auth, "Content-Type": "text/markdown"})).json()
+    await client.post(f"{base}/materials?filename=kept.md", data=b"Kept notes",
+                      headers={**auth, "Content-Type": "text/markdown"})
+    store = s3.client()
+    listed = (o["Key"] for page in store.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+              for o in page.get("Contents", []))
+    path = f"/{course['id']}/materials/{gone['id']}"
+    store.delete_object(Bucket=bucket, Key=next(key for key in listed if key.endswith(path)))
+    resp = await client.post(f"{base}/structure", json={}, headers=auth)
+    assert resp.status == 200, await resp.text()
+    prompt = fresh_llm.requests()[0]["body"]["messages"][-1]["content"]
+    assert "Kept notes" in prompt and "gone.md" not in prompt
+
+
 async def test_structure_generation_without_a_body_or_materials(client, auth, fresh_llm):
     course = await make_course(client, auth)
     resp = await client.post(f"/api/v1/courses/{course['id']}/structure", headers=auth)
