@@ -15,6 +15,36 @@ DESCRIPTION = validate.Length(max=10_000)
 CONTENT = validate.Length(max=200_000)
 
 
+class WholeRegexp(validate.Regexp):
+    """``validate.Regexp`` over the whole value: with ``re.match``, a pattern's ``$`` also
+    passes a value that ends in a newline. The pattern stays as written for the OpenAPI
+    document."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class JsonNumber(fields.Float):
+    """A JSON number, as the document says: ``fields.Float`` also takes numeric strings."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class JsonBoolean(fields.Boolean):
+    """true or false only: ``fields.Boolean`` takes "yes", 1 and the like (1 == True,
+    so even ``truthy={True}`` lets 1 through)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 def _not_blank(value: str) -> None:
     if not value.strip():
         raise ValidationError("Must not be blank.")
@@ -177,8 +207,8 @@ MAX_SLIDE_NUMBER = 100_000
 class SlideMappingItemSchema(StrictSchema):
     slide_number = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_SLIDE_NUMBER))
     lesson_id = fields.UUID(allow_none=True, load_default=None)
-    start_s = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0))
-    end_s = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0))
+    start_s = JsonNumber(allow_none=True, load_default=None, validate=validate.Range(min=0))
+    end_s = JsonNumber(allow_none=True, load_default=None, validate=validate.Range(min=0))
 
     @validates_schema
     def _end_after_start(self, data, **kwargs):
@@ -219,7 +249,7 @@ class SlideMappingSchema(Schema):
 
 # --- LLM features ---------------------------------------------------------
 
-MODEL_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$", error="Not a model name.")
+MODEL_NAME = WholeRegexp(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$", error="Not a model name.")
 PROMPT = validate.Length(min=1, max=100_000)
 
 
@@ -228,10 +258,10 @@ class GptRequestSchema(StrictSchema):
     system_prompt = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=20_000))
     model = fields.String(load_default=None, allow_none=True, validate=MODEL_NAME,
                           metadata={"description": "default: the provider's configured model"})
-    temperature = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=0, max=2))
+    temperature = JsonNumber(load_default=None, allow_none=True, validate=validate.Range(min=0, max=2))
     max_tokens = fields.Integer(strict=True, load_default=None, allow_none=True,
                                 validate=validate.Range(min=1, max=128_000))
-    stream = fields.Boolean(load_default=False, truthy={True}, falsy={False}, metadata={
+    stream = JsonBoolean(load_default=False, metadata={
         "description": "true: text/event-stream with `delta` events ({\"text\"}) and a final `done` event "
                        "({\"model\", \"usage\", \"cost_usd\"}), or an `error` event"})
 
@@ -372,7 +402,7 @@ class LLMSettingsInputSchema(StrictSchema):
     api_key = fields.String(required=True, load_only=True, validate=[
         validate.Length(min=1, max=1000),
         # It travels in an Authorization header: printable ASCII, no spaces.
-        validate.Regexp(r"^[\x21-\x7e]+$", error="Must be printable ASCII without spaces, as provider keys are.")])
+        WholeRegexp(r"^[\x21-\x7e]+$", error="Must be printable ASCII without spaces, as provider keys are.")])
     model = fields.String(load_default=None, allow_none=True, validate=MODEL_NAME)
 
 

@@ -17,7 +17,7 @@ import asyncpg
 
 SCOPES = ("prep", "check")
 KEY_ENVS = ("live", "test")
-KEY_PATTERN = re.compile(r"^cs_(live|test)_[0-9a-f]{32}$")
+KEY_PATTERN = re.compile(r"cs_(live|test)_[0-9a-f]{32}")
 PREFIX_LENGTH = 12
 
 
@@ -40,7 +40,7 @@ def hash_key(key: str) -> bytes:
 
 
 def looks_like_key(key: str) -> bool:
-    return KEY_PATTERN.match(key) is not None
+    return KEY_PATTERN.fullmatch(key) is not None
 
 
 _TENANT_COLUMNS = "id, name, is_active, created_at"

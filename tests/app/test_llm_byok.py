@@ -130,6 +130,9 @@ async def test_without_an_encryption_key_byok_is_refused(client, auth):
     ({"base_url": "https://example.com/v1", "api_key": "sk a"}, "api_key"),
     ({"base_url": "https://example.com/v1"}, "api_key"),
     ({"base_url": "https://example.com/v1", "api_key": "k", "model": "bad model"}, "model"),
+    # Found by probing: a trailing newline passed both patterns (re.match's "$").
+    ({"base_url": "https://example.com/v1", "api_key": "k", "model": "gpt-4o\n"}, "model"),
+    ({"base_url": "https://example.com/v1", "api_key": "sk-abc\n"}, "api_key"),
     ({"base_url": "https://example.com/v1", "api_key": "k", "organization": "x"}, "organization"),
 ])
 async def test_bad_settings_are_422(byok_client, auth, body, field):

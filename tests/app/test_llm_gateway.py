@@ -78,6 +78,10 @@ async def test_request_options_reach_the_provider(client, auth, fresh_llm):
     ({}, "prompt"), ({"prompt": "   "}, "prompt"), ({"prompt": "x", "temperature": 3}, "temperature"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"), ({"prompt": "x", "model": "no spaces please"}, "model"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
+    # Found by probing: a trailing newline passed the model pattern (re.match's "$") and went
+    # unpriced; a numeric string passed as a temperature, and 1 as true.
+    ({"prompt": "x", "model": "gpt-4o\n"}, "model"), ({"prompt": "x", "temperature": "1"}, "temperature"),
+    ({"prompt": "x", "stream": 1}, "stream"), ({"prompt": "x", "stream": 0}, "stream"),
 ])
 async def test_bad_gpt_input_is_422_without_a_call(client, auth, fresh_llm, body, field):
     resp = await client.post("/api/v1/gpt", json=body, headers=auth)

@@ -71,6 +71,7 @@ async def test_a_new_structure_leaves_the_mapping_without_the_old_lessons(client
     ([{"slide_number": 1}, {"slide_number": 1}], ("items", "1", "slide_number")),
     ([{"slide_number": 1, "start_s": 30, "end_s": 10}], ("items", "0", "end_s")),
     ([{"slide_number": 1, "start_s": -1}], ("items", "0", "start_s")),
+    ([{"slide_number": 1, "start_s": "1.5"}], ("items", "0", "start_s")),  # a number, as for slide_number
     ([{"slide_number": 1, "colour": "red"}], ("items", "0", "colour")),
 ])
 async def test_bad_items_are_422_with_field_details(client, auth, course, items, where):
