@@ -112,6 +112,12 @@ def delta_text(chunk: Any) -> str:
     return "".join(carriable(part) for part in parts if isinstance(part, str))
 
 
+def finish_reason_in(chunk: Any) -> bool:
+    """Whether a streamed chunk says why a choice stopped ("stop", "length", ...)."""
+    choices = getattr(chunk, "choices", None)
+    return isinstance(choices, list) and any(getattr(choice, "finish_reason", None) for choice in choices)
+
+
 @dataclass(frozen=True)
 class Provider:
     kind: str  # "default", "fallback" or "tenant" (llm_calls.provider)
@@ -313,8 +319,11 @@ class CallContext:
             started = time.monotonic()
             try:
                 reply = await provider.client.chat.completions.create(model=model_name, **options)
-                if not options.get("stream"):
-                    reply_text(reply)  # a success that is no chat completion fails here, and may fall back
+                # A success that is no chat completion (or no stream of one) fails here, and may fall back.
+                if options.get("stream"):
+                    reply = await StartedStream.of(reply)
+                else:
+                    reply_text(reply)
                 return provider, model_name, reply, started, counter[0]
             except (openai.OpenAIError, MalformedReply, json.JSONDecodeError) as exc:
                 failure = classify(exc)
@@ -372,6 +381,38 @@ class CallContext:
         return LLMStream(self, provider, model_name, raw, started, attempts, estimate_tokens(messages))
 
 
+class StartedStream:
+    """A provider's event stream whose first chunk has arrived: until then, nothing is
+    sent to the client, so a reply that is no event stream (an HTML page, a JSON body,
+    an empty stream) can still fall back, or become a plain 502."""
+
+    def __init__(self, raw, first) -> None:
+        self._raw, self._first = raw, first
+
+    @classmethod
+    async def of(cls, raw) -> "StartedStream":
+        try:
+            content_type = raw.response.headers.get("content-type", "")
+            if not content_type.startswith("text/event-stream"):
+                raise MalformedReply(f"not an event stream ({content_type[:60] or 'no content type'})")
+            try:
+                first = await raw.__anext__()
+            except StopAsyncIteration:
+                raise MalformedReply("an empty event stream") from None
+        except BaseException:
+            await raw.close()
+            raise
+        return cls(raw, first)
+
+    async def __aiter__(self):
+        yield self._first
+        async for chunk in self._raw:
+            yield chunk
+
+    async def close(self) -> None:
+        await self._raw.close()
+
+
 class LLMStream:
     """Text deltas of a streamed completion; ``finish`` closes it and records the call."""
 
@@ -385,14 +426,20 @@ class LLMStream:
         self._finished = False
 
     async def deltas(self) -> AsyncIterator[str]:
+        """The text as it comes; ``MalformedReply`` at the end of a stream that closed
+        before its reply was finished (no choice ever said why it stopped)."""
+        finished = False
         async for chunk in self._raw:
             self.model = reported_model(getattr(chunk, "model", None), self.model)
             self._usage = Usage.reported(getattr(chunk, "usage", None)) or self._usage
+            finished = finished or finish_reason_in(chunk)
             text = delta_text(chunk)
             if text:
                 self._deltas += 1
                 self._chars += len(text)
                 yield text
+        if not finished:
+            raise MalformedReply("the stream ended before the reply was finished")
 
     @property
     def usage(self) -> Usage:

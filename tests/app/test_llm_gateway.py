@@ -293,6 +293,52 @@ async def test_stream_errors_before_the_first_byte_are_plain_json(client, auth, 
     assert (await resp.json())["error"]["code"] == "llm_provider_error"
 
 
+def _sse_chunk(content: str, finish_reason: str | None = None) -> str:
+    return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini",
+                                  "choices": [{"index": 0, "delta": {"content": content},
+                                               "finish_reason": finish_reason}]}) + "\n\n"
+
+
+@pytest.mark.parametrize("raw", [
+    {"content_type": "text/html", "body": "<html>a captive portal</html>"},
+    {"content_type": "application/json", "body": "{}"},
+    {"content_type": "text/event-stream", "body": ""},
+    {"content_type": "text/event-stream", "body": "data: [DONE]\n\n"},
+])
+async def test_a_stream_that_is_no_event_stream_of_chat_chunks_is_a_plain_502(client, factory, db, fresh_llm, raw):
+    """Found by probing: these were a 200 stream with a `done` event, recorded as ok and billed."""
+    tenant, auth = await factory.tenant_with_key()
+    fresh_llm.script({"raw": raw})
+    resp = await client.post("/api/v1/gpt", json={"prompt": "Hi", "stream": True}, headers=auth)
+    assert resp.status == 502, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["code"] == "llm_provider_error" and "malformed reply" in error["message"]
+    [call] = await llm_calls(db, tenant["id"])
+    assert call["outcome"] == "provider_error" and call["error"].startswith("malformed reply")
+
+
+async def test_a_stream_that_ends_before_its_reply_is_finished_ends_with_an_error_event(client, factory, db,
+                                                                                         fresh_llm):
+    """Found by probing: a stream cut off cleanly (no finish_reason, no [DONE]) ended with `done`."""
+    tenant, auth = await factory.tenant_with_key()
+    fresh_llm.script({"raw": {"content_type": "text/event-stream",
+                              "body": _sse_chunk("The answer") + _sse_chunk(" is")}})
+    resp = await client.post("/api/v1/gpt", json={"prompt": "Hi", "stream": True}, headers=auth)
+    assert resp.status == 200
+    events = parse_sse(await resp.text())
+    assert events[:2] == [("delta", {"text": "The answer"}), ("delta", {"text": " is"})]
+    name, error = events[-1]
+    assert len(events) == 3 and name == "error" and error["error"]["code"] == "llm_provider_error"
+    assert "before the reply was finished" in error["error"]["message"]
+    [call] = await llm_calls(db, tenant["id"])
+    assert call["outcome"] == "provider_error" and call["output_tokens"] >= 2
+    # The same stream, finished, is a success without any [DONE] line.
+    fresh_llm.script({"raw": {"content_type": "text/event-stream",
+                              "body": _sse_chunk("The answer") + _sse_chunk(".", "stop")}})
+    resp = await client.post("/api/v1/gpt", json={"prompt": "Hi", "stream": True}, headers=auth)
+    assert [name for name, _ in parse_sse(await resp.text())] == ["delta", "delta", "done"]
+
+
 async def test_a_provider_dying_mid_stream_ends_with_an_error_event(client, factory, db, fresh_llm):
     tenant, auth = await factory.tenant_with_key()
     fresh_llm.script({"break_after_words": 3})
