@@ -14,8 +14,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
+from botocore.handlers import VALID_BUCKET
 from cryptography.fernet import Fernet
 
 
@@ -39,7 +40,10 @@ def check_host_and_port(parts: SplitResult) -> None:
         raise ValueError("has a malformed port") from None
     if port == 0:
         raise ValueError("has port 0")
-    host = parts.hostname or ""
+    _check_host_name(parts.hostname or "")
+
+
+def _check_host_name(host: str) -> None:
     try:
         ipaddress.ip_address(host)
         return
@@ -50,7 +54,12 @@ def check_host_and_port(parts: SplitResult) -> None:
             raise UnicodeError
         host.encode("idna")
     except UnicodeError:
-        raise ValueError(f"has a malformed host name {host!r}") from None
+        raise ValueError(f"has a malformed host name {_shown(host)}") from None
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """A value quoted for an error message, cut short if it is long."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def _database_url(value: str) -> str:
@@ -61,6 +70,14 @@ def _database_url(value: str) -> str:
         raise ValueError("must look like postgresql://user:pass@host:port/db")
     if parts.hostname:  # none: the local socket
         check_host_and_port(parts)
+    # asyncpg also takes the host and port from the query (libpq's ?host=...&port=...).
+    query = parse_qs(parts.query, keep_blank_values=True)
+    for port in (p for value in query.get("port", []) for p in value.split(",")):
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"has a malformed port {_shown(port)} in its query")
+    for host in (h for value in query.get("host", []) for h in value.split(",")):
+        if not host.startswith("/"):  # a directory: the local socket there
+            _check_host_name(host)
     if "\x00" in unquote(parts.username or "") + unquote(parts.password or ""):
         raise ValueError("has a NUL character in its user name or password")
     return value
@@ -87,16 +104,27 @@ def _region(value: str) -> str:
 # A key's per-minute limits are stored as PostgreSQL integers.
 MAX_RATE_LIMIT_PER_MIN = 2**31 - 1
 MAX_LLM_RETRIES = 10
+MAX_LLM_TIMEOUT_S = 3600.0
+MAX_S3_PARTS_IN_FLIGHT = 64  # each holds a part in memory
+# Below the 28.5 s a worker's runner gives requests in progress at shutdown (app/serve.py).
+MAX_UPLOAD_SHUTDOWN_GRACE_S = 25
 WEEK_S = 7 * 24 * 3600
+# S3 takes at most 10,000 parts per upload: with parts of S3_PART_BYTES, that is the
+# largest file an upload can store.
+S3_MAX_PARTS = 10_000
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """A parser of integers from ``minimum`` to ``maximum`` (ValueError naming the bound)."""
+    """A parser of integers (ASCII digits) from ``minimum`` to ``maximum`` (ValueError naming the bound)."""
     def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise ValueError(f"must be an integer, got {value!r}") from None
+        if not _INTEGER.fullmatch(value):  # int() would also take "1_000" and other scripts' digits
+            raise ValueError(f"must be an integer, got {_shown(value)}")
+        if len(value.lstrip("+-").lstrip("0")) > 30:  # far beyond any bound here; int() refuses 4300 digits
+            raise ValueError(f"is out of range, got {_shown(value)}")
+        number = int(value)
         if number < minimum:
             raise ValueError(f"must be >= {minimum}, got {number}")
         if maximum is not None and number > maximum:
@@ -106,21 +134,30 @@ def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], in
     return parse
 
 
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"must be a number, got {value!r}") from None
-    if not number > 0:
-        raise ValueError(f"must be > 0, got {value}")
-    return number
+def positive_seconds(maximum: float) -> Callable[[str], float]:
+    """A parser of a finite number of seconds, above 0 and at most ``maximum``."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, got {_shown(value)}") from None
+        if not number > 0:
+            raise ValueError(f"must be > 0, got {_shown(value)}")
+        if not number <= maximum:  # also inf
+            raise ValueError(f"must be <= {maximum:g}, got {_shown(value)}")
+        return number
+
+    return parse
 
 
 def _origins(value: str) -> tuple[str, ...]:
+    """Origins as browsers send them: scheme://host[:port], nothing after (or ``*``)."""
     origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
     for origin in origins:
-        if origin != "*" and not urlsplit(origin).netloc:
-            raise ValueError(f"has a malformed origin {origin!r}")
+        parts = urlsplit(origin)
+        if origin != "*" and (not parts.scheme or not parts.netloc or parts.path or parts.query or parts.fragment
+                              or "@" in parts.netloc):
+            raise ValueError(f"has {_shown(origin)}, which is not an origin (scheme://host[:port])")
     return origins
 
 
@@ -132,6 +169,12 @@ def _log_level(value: str) -> str:
 
 
 def _text(value: str) -> str:
+    return value
+
+
+def _bucket(value: str) -> str:
+    if not VALID_BUCKET.fullmatch(value):  # botocore refuses every request to such a bucket
+        raise ValueError(f"is not a bucket name (letters, digits, '.', '-', '_'; 1-255): {_shown(value)}")
     return value
 
 
@@ -207,7 +250,8 @@ class DatabaseSettings:
         return cls(**_database_fields(env))
 
 
-_RATE_LIMIT = whole_number(0, MAX_RATE_LIMIT_PER_MIN)
+# 0 would make a key that can never be used (the key's scopes say what it may not do).
+_RATE_LIMIT = whole_number(1, MAX_RATE_LIMIT_PER_MIN)
 
 
 def _database_fields(env: Mapping[str, str]) -> dict:
@@ -225,8 +269,21 @@ def _fallback_fields(env: Mapping[str, str]) -> dict:
         raise ConfigError("LLM_FALLBACK_API_KEY", "is required when LLM_FALLBACK_BASE_URL is set")
     if api_key and not base_url:
         raise ConfigError("LLM_FALLBACK_BASE_URL", "is required when LLM_FALLBACK_API_KEY is set")
-    return {"llm_fallback_base_url": base_url, "llm_fallback_api_key": api_key,
-            "llm_fallback_model": _read(env, "LLM_FALLBACK_MODEL", _text, None)}
+    model = _read(env, "LLM_FALLBACK_MODEL", _text, None)
+    if model and not base_url:
+        raise ConfigError("LLM_FALLBACK_BASE_URL", "is required when LLM_FALLBACK_MODEL is set")
+    return {"llm_fallback_base_url": base_url, "llm_fallback_api_key": api_key, "llm_fallback_model": model}
+
+
+def _upload_fields(env: Mapping[str, str]) -> dict:
+    # S3 wants parts of at least 5 MiB (all but the last one), and at most 5 GiB.
+    part_bytes = _read(env, "S3_PART_BYTES", whole_number(5 << 20, 5 << 30), 5 << 20)
+    most = part_bytes * S3_MAX_PARTS
+    max_upload_bytes = _read(env, "MAX_UPLOAD_BYTES", whole_number(1), 1 << 30)
+    if max_upload_bytes > most:
+        raise ConfigError("MAX_UPLOAD_BYTES", f"must be <= {most} (S3_PART_BYTES x {S3_MAX_PARTS:,} parts, the "
+                                              f"most S3 takes), got {max_upload_bytes}; raise S3_PART_BYTES")
+    return {"max_upload_bytes": max_upload_bytes, "s3_part_bytes": part_bytes}
 
 
 @dataclass(frozen=True)
@@ -263,27 +320,25 @@ class Settings(DatabaseSettings):
         _read(env, "AWS_DEFAULT_REGION", _region)  # boto3 reads it itself; checked here for the one clear line
         return cls(
             **_database_fields(env),
-            s3_bucket=_read(env, "S3_BUCKET", _text, required=True),
+            s3_bucket=_read(env, "S3_BUCKET", _bucket, required=True),
             s3_endpoint_url=_read(env, "S3_ENDPOINT_URL", _http_url, None),
             openai_api_key=_read(env, "OPENAI_API_KEY", _text, None),
             openai_base_url=_read(env, "OPENAI_BASE_URL", _http_url, "https://api.openai.com/v1"),
             llm_model=_read(env, "LLM_MODEL", _text, "gpt-4o-mini"),
-            llm_timeout_s=_read(env, "LLM_TIMEOUT_S", _positive_float, 30.0),
+            llm_timeout_s=_read(env, "LLM_TIMEOUT_S", positive_seconds(MAX_LLM_TIMEOUT_S), 30.0),
             llm_max_retries=_read(env, "LLM_MAX_RETRIES", whole_number(0, MAX_LLM_RETRIES), 3),
             **_fallback_fields(env),
             llm_prices=_read(env, "LLM_PRICES", _price_file, {}),
             app_encryption_keys=_read(env, "APP_ENCRYPTION_KEY", _encryption_keys, ()),
             llm_byok_allowed_networks=_read(env, "LLM_BYOK_ALLOWED_NETWORKS", _networks, ()),
-            max_upload_bytes=_read(env, "MAX_UPLOAD_BYTES", whole_number(1), 1 << 30),
-            # S3 wants parts of at least 5 MiB (all but the last one).
-            s3_part_bytes=_read(env, "S3_PART_BYTES", whole_number(5 << 20, 5 << 30), 5 << 20),
-            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", whole_number(1), 6),
+            **_upload_fields(env),
+            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", whole_number(1, MAX_S3_PARTS_IN_FLIGHT), 6),
             # A pre-signed URL (signature v4) lives at most a week.
             download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", whole_number(1, WEEK_S), 900),
             upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", whole_number(0, 52 * WEEK_S), 3600),
             upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", whole_number(1, WEEK_S), 600),
-            # Less than gunicorn's graceful_timeout (30 s), which ends in SIGKILL.
-            upload_shutdown_grace_s=_read(env, "UPLOAD_SHUTDOWN_GRACE_S", whole_number(0), 20),
+            upload_shutdown_grace_s=_read(env, "UPLOAD_SHUTDOWN_GRACE_S",
+                                          whole_number(0, MAX_UPLOAD_SHUTDOWN_GRACE_S), 20),
             cors_origins=_read(env, "CORS_ORIGINS", _origins, ()),
             log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
         )

@@ -45,13 +45,38 @@ def test_values_are_parsed():
     ("CORS_ORIGINS", "not an origin"), ("LOG_LEVEL", "LOUD"), ("OPENAI_BASE_URL", "api.openai.com"),
     ("APP_ENCRYPTION_KEY", "too-short"), ("LLM_PRICES", "/nonexistent/prices.json"),
     ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.0/33"), ("LLM_BYOK_ALLOWED_NETWORKS", "10.0.0.1/8"),
+    # Found by probing the admin CLI and the config: a port or host in the URL's query (asyncpg
+    # takes them from there too: a traceback, or every request a 500); a bucket botocore refuses
+    # every request to; no timeout at all; digits int() takes but nobody means; 0 requests a
+    # minute (a key nobody can use); an origin no browser sends; values beyond what the app can do.
+    ("DATABASE_URL", "postgresql:///db?host=127.0.0.1&port=99999"), ("DATABASE_URL", "postgresql:///db?port=-5"),
+    ("DATABASE_URL", "postgresql://u@h/db?port=5432,x"), ("DATABASE_URL", "postgresql:///db?host=a..b"),
+    ("S3_BUCKET", "bad bucket!"), ("S3_BUCKET", "a" * 256),
+    ("LLM_TIMEOUT_S", "inf"), ("LLM_TIMEOUT_S", "1e400"), ("LLM_TIMEOUT_S", "nan"), ("LLM_TIMEOUT_S", "3601"),
+    ("MAX_UPLOAD_BYTES", "1_000"), ("MAX_UPLOAD_BYTES", "\u0661\u0662"), ("MAX_UPLOAD_BYTES", "9" * 5000),
+    ("MAX_UPLOAD_BYTES", str(5 * 2**20 * 10_000 + 1)),
+    ("RATE_LIMIT_PREP_PER_MIN", "0"), ("RATE_LIMIT_CHECK_PER_MIN", "0"),
+    ("CORS_ORIGINS", "http://a.com/path"), ("CORS_ORIGINS", "https://a.com?x=1"), ("CORS_ORIGINS", "https://u@a.com"),
+    ("S3_PARTS_IN_FLIGHT", "65"), ("UPLOAD_SHUTDOWN_GRACE_S", "26"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**BASE, name: value})
     assert caught.value.variable == name
     assert str(caught.value).startswith(f"configuration error: {name} ")
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_edge_values_that_are_fine():
+    settings = Settings.from_env({
+        **BASE, "DATABASE_URL": "postgresql://u:p@/db?host=/run/postgresql&port=5433",
+        "S3_BUCKET": "course-supporter.materials_1", "LLM_TIMEOUT_S": "3600", "MAX_UPLOAD_BYTES": "+1024",
+        "S3_PART_BYTES": str(64 << 20), "CORS_ORIGINS": "https://a.example:8443/, http://localhost:3000, *"})
+    assert settings.llm_timeout_s == 3600 and settings.max_upload_bytes == 1024
+    assert settings.cors_origins == ("https://a.example:8443", "http://localhost:3000", "*")
+    # A larger part makes room for larger files: 10,000 parts of 64 MiB.
+    big = Settings.from_env({**BASE, "S3_PART_BYTES": str(64 << 20), "MAX_UPLOAD_BYTES": str(100 << 30)})
+    assert big.max_upload_bytes == 100 << 30
 
 
 def test_gunicorn_refuses_to_start_with_one_line_and_no_traceback():
@@ -66,9 +91,11 @@ def test_gunicorn_refuses_to_start_with_one_line_and_no_traceback():
 
 
 @pytest.mark.parametrize("given, missing", [("LLM_FALLBACK_BASE_URL", "LLM_FALLBACK_API_KEY"),
-                                            ("LLM_FALLBACK_API_KEY", "LLM_FALLBACK_BASE_URL")])
+                                            ("LLM_FALLBACK_API_KEY", "LLM_FALLBACK_BASE_URL"),
+                                            ("LLM_FALLBACK_MODEL", "LLM_FALLBACK_BASE_URL")])
 def test_half_a_fallback_names_the_missing_half(given, missing):
-    value = "https://fallback.example/v1" if given.endswith("URL") else "sk-1"
+    value = {"LLM_FALLBACK_BASE_URL": "https://fallback.example/v1", "LLM_FALLBACK_API_KEY": "sk-1",
+             "LLM_FALLBACK_MODEL": "gpt-4o"}[given]
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**BASE, given: value})
     assert caught.value.variable == missing
