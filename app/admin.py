@@ -48,9 +48,9 @@ def _scopes(value: str) -> list[str]:
     return sorted(set(scopes), key=tenants.SCOPES.index)
 
 
-def _whole_number(maximum: int) -> Callable[[str], int]:
+def _whole_number(minimum: int, maximum: int) -> Callable[[str], int]:
     """The configuration's integer parser, its complaint as argparse's usage error."""
-    parse = whole_number(0, maximum)
+    parse = whole_number(minimum, maximum)
 
     def argument(value: str) -> int:
         try:
@@ -71,15 +71,37 @@ def _future_timestamp(value: str) -> datetime.datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {value!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
+    try:
+        moment = moment.astimezone(datetime.timezone.utc)
+    except OverflowError:  # 9999-12-31T23:00-01:00 is in the year 10000
+        raise argparse.ArgumentTypeError(f"must be before the year 10000 in UTC: {value!r}") from None
     if moment <= datetime.datetime.now(datetime.timezone.utc):
         raise argparse.ArgumentTypeError(f"must be in the future: {value!r}")
     return moment
 
 
+MAX_NAME_CHARS = 200
+
+
+def _printable_text(value: str) -> str:
+    """Text an operator's terminal shows as it is: UTF-8, no control characters, at most
+    200 characters (a tenant's name is stored so; a key's label the same)."""
+    value = value.strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("must be UTF-8 text") from None
+    if not value.isprintable() or len(value) > MAX_NAME_CHARS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_NAME_CHARS} printable characters "
+                                         "(no tabs, newlines or other control characters)")
+    return value
+
+
 def _non_blank(value: str) -> str:
-    if not value.strip() or len(value) > 200:
-        raise argparse.ArgumentTypeError("must be 1 to 200 characters, not blank")
-    return value.strip()
+    value = _printable_text(value)
+    if not value:
+        raise argparse.ArgumentTypeError("must not be blank")
+    return value
 
 
 # --- commands ------------------------------------------------------------------
@@ -128,9 +150,25 @@ def cmd_tenant_deactivate(args, settings):
 def cmd_key_issue(args, settings: DatabaseSettings):
     limit_prep = settings.rate_limit_prep_per_min if args.rate_limit_prep is None else args.rate_limit_prep
     limit_check = settings.rate_limit_check_per_min if args.rate_limit_check is None else args.rate_limit_check
-    return asyncio.run(_with_connection(settings, lambda c: tenants.issue_key(
-        c, args.tenant_id, scopes=args.scopes, label=args.label, env=args.env,
-        rate_limit_prep=limit_prep, rate_limit_check=limit_check, expires_at=args.expires_at)))
+
+    async def issue(conn):
+        key = await tenants.issue_key(conn, args.tenant_id, scopes=args.scopes, label=args.label, env=args.env,
+                                      rate_limit_prep=limit_prep, rate_limit_check=limit_check,
+                                      expires_at=args.expires_at)
+        if not await tenants.tenant_is_active(conn, args.tenant_id):
+            _tell("warning: the tenant is inactive; the key is refused until `tenant activate`")
+        return key
+
+    return asyncio.run(_with_connection(settings, issue))
+
+
+def _undo_key_issue(result, settings: DatabaseSettings) -> str:
+    asyncio.run(_with_connection(settings, lambda c: tenants.revoke_key(c, result["id"])))
+    return f"the new key could not be shown (the output was closed), so it was revoked: {result['prefix']}"
+
+
+def _undo_new_encryption_key(result, settings) -> str:
+    return "the new key could not be shown (the output was closed); nothing was stored"
 
 
 def cmd_key_list(args, settings):
@@ -189,6 +227,8 @@ NEEDS_NO_DATABASE = (cmd_encryption_new_key,)
 # --- output --------------------------------------------------------------------
 
 def _text(value: Any) -> str:
+    if isinstance(value, str) and not value.isprintable():  # stored before names were checked
+        return value.encode("unicode_escape").decode("ascii")
     if isinstance(value, datetime.datetime):
         return value.isoformat(timespec="seconds")
     if isinstance(value, list):
@@ -241,11 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     issue = key.add_parser("issue", parents=[json_flag], help="issue a key (shown once)")
     issue.add_argument("tenant_id", type=_uuid)
     issue.add_argument("--scopes", type=_scopes, default=list(tenants.SCOPES), help="comma-separated: prep,check")
-    issue.add_argument("--label", default="", help="free text to recognise the key by")
+    issue.add_argument("--label", type=_printable_text, default="",
+                       help=f"text to recognise the key by (at most {MAX_NAME_CHARS} characters)")
     issue.add_argument("--env", choices=tenants.KEY_ENVS, default="live")
-    issue.add_argument("--rate-limit-prep", type=_whole_number(MAX_RATE_LIMIT_PER_MIN),
+    issue.add_argument("--rate-limit-prep", type=_whole_number(1, MAX_RATE_LIMIT_PER_MIN),
                        help="prep requests per minute")
-    issue.add_argument("--rate-limit-check", type=_whole_number(MAX_RATE_LIMIT_PER_MIN),
+    issue.add_argument("--rate-limit-check", type=_whole_number(1, MAX_RATE_LIMIT_PER_MIN),
                        help="check requests per minute")
     issue.add_argument("--expires-at", type=_future_timestamp, help="ISO 8601 expiry (UTC if no offset)")
     issue.set_defaults(func=cmd_key_issue)
@@ -269,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         .add_subparsers(dest="action", required=True, metavar="ACTION")
     create_backup = backups.add_parser("create", parents=[json_flag],
                                        help="pg_dump the database into the bucket under backups/")
-    create_backup.add_argument("--keep-days", type=_whole_number(MAX_KEEP_DAYS), default=14,
+    create_backup.add_argument("--keep-days", type=_whole_number(0, MAX_KEEP_DAYS), default=14,
                                help="then delete backups older than this many days (default 14)")
     create_backup.set_defaults(func=cmd_backup_create)
     backups.add_parser("list", parents=[json_flag], help="the backups in the bucket") \
@@ -286,20 +327,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose output is the only copy of a secret: if it cannot be written, this
+# undoes what can be undone and says what happened (exit 1).
+UNSEEN_SECRET = {cmd_key_issue: _undo_key_issue, cmd_encryption_new_key: _undo_new_encryption_key}
+
+
+def _tell(message: str) -> None:
+    """A line on stderr, if anyone still reads it."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _quiet_stdout() -> None:
+    # The reader went away (`… | head -1`). As the Python docs advise, stdout now points at
+    # /dev/null, so that flushing it at exit raises no second error.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # exits 2 on a usage error
+    try:
+        args = build_parser().parse_args(argv)  # exits 2 on a usage error, 0 after --help
+    except BrokenPipeError:  # --help into a closed pipe
+        _quiet_stdout()
+        return 0
     try:
         settings = None if args.func in NEEDS_NO_DATABASE else DatabaseSettings.from_env()
         result = args.func(args, settings)
     except (ConfigError, CommandError) as exc:
-        print(f"error: {exc}" if isinstance(exc, CommandError) else str(exc), file=sys.stderr)
+        _tell(f"error: {exc}" if isinstance(exc, CommandError) else str(exc))
         return 1
     try:
         print(dumps(result) if getattr(args, "json", False) else render_text(result), flush=True)
     except BrokenPipeError:
-        # The reader went away (`… | head -1`): what was done stays done; no traceback. As the
-        # Python docs advise, stdout now points at /dev/null so that closing it at exit is quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
+        undo = UNSEEN_SECRET.get(args.func)
+        if undo is None:
+            return 0  # what was done stays done
+        try:
+            _tell(f"error: {undo(result, settings)}")
+        except CommandError as exc:
+            _tell(f"error: the new key could not be shown (the output was closed), nor revoked: {exc}")
+        return 1
     return 0
 
 

@@ -58,6 +58,14 @@ async def list_tenants(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
+async def tenant_is_active(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant is active; ``UnknownTenant`` if there is none."""
+    active = await conn.fetchval("SELECT is_active FROM tenants WHERE id = $1", tenant_id)
+    if active is None:
+        raise UnknownTenant(f"no tenant with id {tenant_id}")
+    return active
+
+
 async def set_tenant_active(conn: asyncpg.Connection, tenant_id: uuid.UUID, active: bool) -> dict[str, Any]:
     row = await conn.fetchrow(
         f"UPDATE tenants SET is_active = $2 WHERE id = $1 RETURNING {_TENANT_COLUMNS}", tenant_id, active)
@@ -80,8 +88,7 @@ async def issue_key(
     """Create a key; the returned dict holds the full key under ``"key"`` (shown once)."""
     key = generate_key(env)
     async with conn.transaction():
-        if await conn.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant_id) is None:
-            raise UnknownTenant(f"no tenant with id {tenant_id}")
+        await tenant_is_active(conn, tenant_id)
         row = await conn.fetchrow(
             f"""INSERT INTO api_keys (tenant_id, key_hash, key_prefix, label, scopes,
                                       rate_limit_prep, rate_limit_check, expires_at)
@@ -93,8 +100,7 @@ async def issue_key(
 
 
 async def list_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
-    if await conn.fetchval("SELECT 1 FROM tenants WHERE id = $1", tenant_id) is None:
-        raise UnknownTenant(f"no tenant with id {tenant_id}")
+    await tenant_is_active(conn, tenant_id)
     rows = await conn.fetch(
         f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id", tenant_id)
     return [dict(r) for r in rows]

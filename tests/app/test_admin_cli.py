@@ -106,10 +106,54 @@ def test_unknown_ids_exit_1_with_a_message(cli, args):
     ("key", "issue", str(uuid.uuid4()), "--expires-at", "tomorrow"),
     ("key", "issue", str(uuid.uuid4()), "--expires-at", "2001-01-01"),
     ("key", "issue", str(uuid.uuid4()), "--env", "prod"),
+    # Found by probing: a key that can never be used; a label or name that rewrites the
+    # operator's terminal (ESC[2J clears it) or breaks one line per row; no limit on a label;
+    # an expiry past the year 9999 once in UTC and text that is not UTF-8 (both exit 1).
+    ("key", "issue", str(uuid.uuid4()), "--rate-limit-prep", "0"),
+    ("key", "issue", str(uuid.uuid4()), "--rate-limit-check", "0"),
+    ("key", "issue", str(uuid.uuid4()), "--label", "a\tb\nc\x1b[2Jd"),
+    ("key", "issue", str(uuid.uuid4()), "--label", "x" * 201),
+    ("tenant", "create", "probe-\x1b[31mred"), ("tenant", "create", "two\nlines"),
+    ("key", "issue", str(uuid.uuid4()), "--expires-at", "9999-12-31T23:59:59-01:00"),
+    ("tenant", "create", "bad-\udcff"),
 ])
 def test_usage_errors_exit_2(cli, args):
     result = cli(*args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.startswith("usage:")
+
+
+def test_names_and_labels_are_kept_as_given_when_printable(cli):
+    tenant = ok_json(cli("tenant", "create", "  Школа № 1 — ☀  ", "--json"))
+    assert tenant["name"] == "Школа № 1 — ☀"
+    key = ok_json(cli("key", "issue", tenant["id"], "--label", "CI runner (ünïcode)", "--json"))
+    assert key["label"] == "CI runner (ünïcode)"
+    assert ok_json(cli("key", "issue", tenant["id"], "--json"))["label"] == ""
+
+
+def test_text_output_escapes_control_characters_stored_before_they_were_refused(cli, database_url):
+    import asyncio
+
+    import asyncpg
+
+    async def store():
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetchval("INSERT INTO tenants (name) VALUES ($1) RETURNING id::text",
+                                       unique("old") + "\x1b[2J\n")
+        finally:
+            await conn.close()
+
+    tenant_id = asyncio.run(store())
+    line = next(line for line in cli("tenant", "list").stdout.splitlines() if tenant_id in line)
+    assert "\x1b" not in line and "\\x1b[2J\\n" in line
+
+
+def test_a_key_for_an_inactive_tenant_is_issued_with_a_warning(cli):
+    tenant = ok_json(cli("tenant", "create", unique("dormant"), "--json"))
+    ok_json(cli("tenant", "deactivate", tenant["id"], "--json"))
+    result = cli("key", "issue", tenant["id"], "--json")
+    assert json.loads(result.stdout)["is_active"] is True and result.returncode == 0
+    assert result.stderr.startswith("warning: the tenant is inactive")
 
 
 def test_the_largest_rate_limit_is_stored(cli):
@@ -169,3 +213,29 @@ def test_a_reader_that_stops_early_gets_no_traceback(cli, database_url):
     run.stdout.close()  # the reader is gone before anything is written
     assert run.wait(60) == 0
     assert b"Traceback" not in run.stderr.read()
+
+
+def _into_a_closed_pipe(*args: str, database_url: str | None = None) -> tuple[int, str]:
+    environment = {**os.environ, **({"DATABASE_URL": database_url} if database_url else {})}
+    run = subprocess.Popen([sys.executable, "-m", "app.admin", *args], cwd=REPO_ROOT, env=environment,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.close()
+    return run.wait(60), run.stderr.read()
+
+
+@pytest.mark.parametrize("args", [("--help",), ("key", "issue", "--help")])
+def test_help_into_a_closed_pipe_gets_no_traceback(args):
+    """Found by probing: `course-supporter-admin --help | true` ended in a BrokenPipeError."""
+    code, errors = _into_a_closed_pipe(*args)
+    assert (code, errors) == (0, "")
+
+
+def test_a_new_key_nobody_could_see_is_revoked_and_exits_1(cli, database_url):
+    """Found by probing: `key issue … | true` left an active key that nobody ever saw, and exited 0."""
+    tenant = ok_json(cli("tenant", "create", unique("unseen"), "--json"))
+    code, errors = _into_a_closed_pipe("key", "issue", tenant["id"], "--json", database_url=database_url)
+    assert code == 1 and errors.startswith("error: the new key could not be shown") and "revoked" in errors
+    [key] = ok_json(cli("key", "list", tenant["id"], "--json"))
+    assert key["is_active"] is False and key["prefix"] in errors
+    code, errors = _into_a_closed_pipe("encryption", "new-key")
+    assert code == 1 and errors.startswith("error: the new key could not be shown")
