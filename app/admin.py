@@ -253,12 +253,25 @@ def render_text(result: Any) -> str:
 
 # --- parser --------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose help or usage error into a closed pipe (`--help | true`) is no
+    traceback: it is written out here, not left for the exit's flush."""
+
+    def _print_message(self, message: str, file=None) -> None:
+        stream = file or sys.stderr
+        try:
+            super()._print_message(message, stream)
+            stream.flush()
+        except BrokenPipeError:
+            _quiet(stream)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag = _Parser(add_help=False)
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                            help="machine-readable JSON on stdout")
 
-    parser = argparse.ArgumentParser(prog="course-supporter-admin", description=__doc__.split("\n")[0],
+    parser = _Parser(prog="course-supporter-admin", description=__doc__.split("\n")[0],
                                      parents=[json_flag])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -340,18 +353,14 @@ def _tell(message: str) -> None:
         pass
 
 
-def _quiet_stdout() -> None:
-    # The reader went away (`… | head -1`). As the Python docs advise, stdout now points at
-    # /dev/null, so that flushing it at exit raises no second error.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+def _quiet(stream=sys.stdout) -> None:
+    # The reader went away (`… | head -1`). As the Python docs advise, the stream now points
+    # at /dev/null, so that flushing it at exit raises no second error.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)  # exits 2 on a usage error, 0 after --help
-    except BrokenPipeError:  # --help into a closed pipe
-        _quiet_stdout()
-        return 0
+    args = build_parser().parse_args(argv)  # exits 2 on a usage error, 0 after --help
     try:
         settings = None if args.func in NEEDS_NO_DATABASE else DatabaseSettings.from_env()
         result = args.func(args, settings)
@@ -361,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(dumps(result) if getattr(args, "json", False) else render_text(result), flush=True)
     except BrokenPipeError:
-        _quiet_stdout()
+        _quiet()
         undo = UNSEEN_SECRET.get(args.func)
         if undo is None:
             return 0  # what was done stays done

@@ -217,6 +217,7 @@ def test_a_reader_that_stops_early_gets_no_traceback(cli, database_url):
 
 def _into_a_closed_pipe(*args: str, database_url: str | None = None) -> tuple[int, str]:
     environment = {**os.environ, **({"DATABASE_URL": database_url} if database_url else {})}
+    environment.pop("PYTHONUNBUFFERED", None)  # as on the VPS: stdout into a pipe is block-buffered
     run = subprocess.Popen([sys.executable, "-m", "app.admin", *args], cwd=REPO_ROOT, env=environment,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run.stdout.close()
@@ -225,9 +226,19 @@ def _into_a_closed_pipe(*args: str, database_url: str | None = None) -> tuple[in
 
 @pytest.mark.parametrize("args", [("--help",), ("key", "issue", "--help")])
 def test_help_into_a_closed_pipe_gets_no_traceback(args):
-    """Found by probing: `course-supporter-admin --help | true` ended in a BrokenPipeError."""
+    """Found by probing: `course-supporter-admin --help | true` ended in a BrokenPipeError (exit 120)."""
     code, errors = _into_a_closed_pipe(*args)
     assert (code, errors) == (0, "")
+
+
+def test_a_usage_error_into_a_closed_pipe_still_exits_2():
+    """`course-supporter-admin key issue 2>&1 | true`: exit 2, not the 120 of a failed flush at exit."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    run = subprocess.Popen([sys.executable, "-m", "app.admin", "key", "issue"], cwd=REPO_ROOT, env=environment,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.close()
+    run.stderr.close()
+    assert run.wait(60) == 2
 
 
 def test_a_new_key_nobody_could_see_is_revoked_and_exits_1(cli, database_url):
