@@ -271,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                            help="machine-readable JSON on stdout")
 
-    parser = _Parser(prog="course-supporter-admin", description=__doc__.split("\n")[0],
-                                     parents=[json_flag])
+    parser = _Parser(prog="course-supporter-admin", description=__doc__.split("\n")[0], parents=[json_flag])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("migrate", parents=[json_flag], help="apply pending database migrations") \

@@ -72,10 +72,10 @@ def _database_url(value: str) -> str:
         check_host_and_port(parts)
     # asyncpg also takes the host and port from the query (libpq's ?host=...&port=...).
     query = parse_qs(parts.query, keep_blank_values=True)
-    for port in (p for value in query.get("port", []) for p in value.split(",")):
-        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    for port in (p for value in query.get("port", []) for p in value.split(",") if p):  # "": the default
+        if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
             raise ValueError(f"has a malformed port {_shown(port)} in its query")
-    for host in (h for value in query.get("host", []) for h in value.split(",")):
+    for host in (h for value in query.get("host", []) for h in value.split(",") if h):
         if not host.startswith("/"):  # a directory: the local socket there
             _check_host_name(host)
     if "\x00" in unquote(parts.username or "") + unquote(parts.password or ""):

@@ -51,6 +51,7 @@ def test_values_are_parsed():
     # minute (a key nobody can use); an origin no browser sends; values beyond what the app can do.
     ("DATABASE_URL", "postgresql:///db?host=127.0.0.1&port=99999"), ("DATABASE_URL", "postgresql:///db?port=-5"),
     ("DATABASE_URL", "postgresql://u@h/db?port=5432,x"), ("DATABASE_URL", "postgresql:///db?host=a..b"),
+    ("DATABASE_URL", "postgresql:///db?port=" + "9" * 5000),
     ("S3_BUCKET", "bad bucket!"), ("S3_BUCKET", "a" * 256),
     ("LLM_TIMEOUT_S", "inf"), ("LLM_TIMEOUT_S", "1e400"), ("LLM_TIMEOUT_S", "nan"), ("LLM_TIMEOUT_S", "3601"),
     ("MAX_UPLOAD_BYTES", "1_000"), ("MAX_UPLOAD_BYTES", "\u0661\u0662"), ("MAX_UPLOAD_BYTES", "9" * 5000),
