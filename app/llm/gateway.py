@@ -1,6 +1,7 @@
 """The one way the app talks to LLM providers (OpenAI-compatible chat completions).
 
-* One ``httpx`` connection pool per worker, shared by one ``AsyncOpenAI`` client per
+* Two ``httpx`` connection pools per worker (the server's providers; tenants', which
+  checks every address it connects to), shared by one ``AsyncOpenAI`` client per
   provider, made with the provider: the server's provider and its fallback at
   start-up, tenants' own (BYOK) on first use, kept in a small LRU -- never per request.
 * Retries are the ``openai`` client's own: ``max_retries=LLM_MAX_RETRIES`` on
