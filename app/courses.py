@@ -65,6 +65,22 @@ async def ensure_course(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_i
         raise CourseNotFound()
 
 
+async def hold_course(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> None:
+    """``ensure_course``, and no one deletes the course until this transaction ends (a delete
+    under way is waited for: then the course is not found)."""
+    if await conn.fetchval("SELECT 1 FROM courses WHERE id = $1 AND tenant_id = $2 FOR KEY SHARE",
+                           course_id, tenant_id) is None:
+        raise CourseNotFound()
+
+
+async def lock_course(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> None:
+    """``ensure_course``, and nothing is added to the course (no file, mapping or attempt is
+    recorded, no structure replaced) until this transaction ends."""
+    if await conn.fetchval("SELECT 1 FROM courses WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+                           course_id, tenant_id) is None:
+        raise CourseNotFound()
+
+
 async def get_course(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID) -> dict[str, Any]:
     """The course with its structure, in one round trip."""
     row = await conn.fetchrow(

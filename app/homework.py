@@ -18,7 +18,7 @@ async def record_attempt(conn: asyncpg.Connection, *, tenant_id: uuid.UUID, cour
     row = await conn.fetchrow(
         f"""INSERT INTO homework_attempts (tenant_id, course_id, lesson_id, student_id, score, passed, feedback)
             SELECT $1, $2, $3, $4, $5, $6, $7
-            WHERE EXISTS (SELECT 1 FROM courses WHERE id = $2 AND tenant_id = $1)
+            WHERE EXISTS (SELECT 1 FROM courses WHERE id = $2 AND tenant_id = $1 FOR KEY SHARE)
             RETURNING {_COLUMNS}""",
         tenant_id, course_id, lesson_id, student_id, score, passed, feedback)
     if row is None:  # the course went away while the LLM was grading

@@ -56,7 +56,7 @@ async def insert_material(conn: asyncpg.Connection, *, material_id: uuid.UUID, t
     row = await conn.fetchrow(
         f"""INSERT INTO materials (id, tenant_id, course_id, filename, content_type, size_bytes, sha256, object_key)
             SELECT $1, $2, $3, $4, $5, $6, $7, $8
-            WHERE EXISTS (SELECT 1 FROM courses WHERE id = $3 AND tenant_id = $2)
+            WHERE EXISTS (SELECT 1 FROM courses WHERE id = $3 AND tenant_id = $2 FOR KEY SHARE)
             RETURNING {_COLUMNS}""",
         material_id, tenant_id, course_id, filename, content_type, size_bytes, sha256, key)
     if row is None:  # the course was deleted while its file was uploading

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from .courses import ensure_course
+from .courses import ensure_course, hold_course
 from .errors import NotFound, ValidationFailed
 
 
@@ -23,7 +23,9 @@ class SlideMappingNotFound(NotFound):
 async def replace_mapping(conn: asyncpg.Connection, tenant_id: uuid.UUID, course_id: uuid.UUID,
                           material_id: uuid.UUID | None, items: list[dict[str, Any]]) -> dict[str, Any]:
     async with conn.transaction():
-        await ensure_course(conn, tenant_id, course_id)
+        # The course, its material and its lessons are held until the mapping is stored: a
+        # concurrent delete or new structure waits, or has happened and they are not found.
+        await hold_course(conn, tenant_id, course_id)
         await _check_references(conn, course_id, material_id, items)
         stored = [{"slide_number": i["slide_number"], "lesson_id": str(i["lesson_id"]) if i["lesson_id"] else None,
                    "start_s": i["start_s"], "end_s": i["end_s"]}
@@ -51,12 +53,13 @@ async def _check_references(conn: asyncpg.Connection, course_id: uuid.UUID, mate
                             items: list[dict[str, Any]]) -> None:
     errors: dict[str, Any] = {}
     if material_id is not None and await conn.fetchval(
-            "SELECT 1 FROM materials WHERE id = $1 AND course_id = $2", material_id, course_id) is None:
+            "SELECT 1 FROM materials WHERE id = $1 AND course_id = $2 FOR KEY SHARE", material_id, course_id) is None:
         errors["material_id"] = ["Not a material of this course."]
     wanted = {i["lesson_id"] for i in items if i["lesson_id"] is not None}
     if wanted:
         known = {r["id"] for r in await conn.fetch(
-            "SELECT id FROM lessons WHERE course_id = $1 AND id = ANY($2::uuid[])", course_id, list(wanted))}
+            "SELECT id FROM lessons WHERE course_id = $1 AND id = ANY($2::uuid[]) FOR KEY SHARE", course_id,
+            list(wanted))}
         bad = {index: {"lesson_id": ["Not a lesson of this course."]}
                for index, item in enumerate(items) if item["lesson_id"] is not None and item["lesson_id"] not in known}
         if bad:

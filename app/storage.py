@@ -38,6 +38,13 @@ class StorageUnavailable(ServiceUnavailable):
 _STORAGE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
+def _error_code(exc: BaseException | None) -> str | None:
+    """The S3 error code of a storage failure (``NoSuchKey``...), if the store answered one."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code")
+    return None
+
+
 class ObjectMissing(Exception):
     """The store answered, and the object is not there (deleted behind the app's back,
     or a database restored to a time when it still existed)."""
@@ -91,12 +98,9 @@ class Storage:
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._transfers, fetch)
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectMissing(key) from exc
-            log.warning("storage get_object failed: %s", exc)
-            raise StorageUnavailable() from exc
         except _STORAGE_ERRORS as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                raise ObjectMissing(key) from exc
             log.warning("storage get_object failed: %s", exc)
             raise StorageUnavailable() from exc
 
@@ -292,8 +296,11 @@ class ObjectUpload:
                 await self.storage.call("delete_object", Key=self.key)
             elif self._upload_id is not None:
                 await self.storage.call("abort_multipart_upload", Key=self.key, UploadId=self._upload_id)
-        except StorageUnavailable:
-            log.error("could not clean up upload of %s; the orphan sweep will", self.key)
+        except StorageUnavailable as exc:
+            if _error_code(exc.__cause__) in ("NoSuchUpload", "NoSuchKey", "404"):
+                log.info("upload of %s was gone already (its course deleted meanwhile)", self.key)
+            else:
+                log.error("could not clean up upload of %s; the orphan sweep will", self.key)
         finally:
             self.storage.active.discard(self)
 

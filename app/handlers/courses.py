@@ -69,9 +69,11 @@ async def update_course(request: web.Request) -> web.Response:
 async def delete_course(request: web.Request) -> web.Response:
     course_id = _course_id(request)
     tenant_id = caller(request).tenant_id
-    async with acquire(request) as conn:
-        await courses.ensure_course(conn, tenant_id, course_id)
-        # Files first: if storage is down the course stays (503) rather than orphaning them.
+    async with acquire(request) as conn, conn.transaction():
+        # The course first, locked: an upload finishing meanwhile has recorded its file (which
+        # the listing below finds) or waits, finds no course, and removes its file itself.
+        await courses.lock_course(conn, tenant_id, course_id)
+        # Files next: if storage is down the course stays (503) rather than orphaning them.
         await request.app[storage_key].delete_prefix(materials.course_prefix(tenant_id, course_id))
         await courses.delete_course(conn, tenant_id, course_id)
     return web.Response(status=204)

@@ -32,6 +32,7 @@ async def check_homework(request: web.Request) -> web.Response:
         try:
             lesson = await courses.get_lesson(conn, tenant_id, course_id, data["lesson_id"])
         except courses.LessonNotFound:
+            await courses.ensure_course(conn, tenant_id, course_id)  # unless the course went meanwhile
             raise ValidationFailed("The lesson is not part of this course.",
                                    details={"lesson_id": ["No such lesson in this course."]}) from None
     pass_score = tasks.PASS_SCORE if lesson["pass_score"] is None else lesson["pass_score"]

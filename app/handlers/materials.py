@@ -17,6 +17,7 @@ from ..errors import BadRequest, PayloadTooLarge
 from ..jsonutil import json_response
 from ..keys import settings_key, storage_key
 from ..schemas import MaterialDetailSchema, MaterialListSchema, MaterialSchema
+from ..storage import StorageUnavailable
 from ..uploads import declared_file_bytes, incoming_file
 from .common import api_endpoint, path_uuid
 
@@ -64,15 +65,12 @@ async def upload_material(request: web.Request) -> web.Response:
     digest = hashlib.sha256()
     try:
         try:
-            async for chunk in incoming.chunks:
-                if upload.size + len(chunk) > limit:
-                    raise _too_large(limit)
-                digest.update(chunk)
-                await upload.write(chunk)
-        except (ConnectionError, asyncio.IncompleteReadError, web.HTTPException) as exc:
-            raise BadRequest("The upload was interrupted before the whole file arrived.",
-                             code="upload_incomplete") from exc
-        await upload.complete()
+            await _stream(incoming, upload, digest, limit)
+        except StorageUnavailable:
+            # Deleting the course aborts its uploads in progress: then the answer is its 404.
+            async with acquire(request) as conn:
+                await courses.ensure_course(conn, tenant_id, course_id)
+            raise
         async with acquire(request) as conn:
             material = await materials.insert_material(
                 conn, material_id=material_id, tenant_id=tenant_id, course_id=course_id,
@@ -86,6 +84,20 @@ async def upload_material(request: web.Request) -> web.Response:
     upload.finished()
     log.info("stored %s (%d bytes)", key, upload.size)
     return json_response(material, status=201)
+
+
+async def _stream(incoming, upload, digest, limit: int) -> None:
+    """The file into storage as it arrives, counted and hashed on the way."""
+    try:
+        async for chunk in incoming.chunks:
+            if upload.size + len(chunk) > limit:
+                raise _too_large(limit)
+            digest.update(chunk)
+            await upload.write(chunk)
+    except (ConnectionError, asyncio.IncompleteReadError, web.HTTPException) as exc:
+        raise BadRequest("The upload was interrupted before the whole file arrived.",
+                         code="upload_incomplete") from exc
+    await upload.complete()
 
 
 @api_endpoint("prep", "check", tags=TAGS, summary="List a course's materials", errors=(404,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import os
 
 import aiohttp
@@ -179,6 +180,39 @@ async def test_client_disconnect_mid_body_leaves_nothing(small_client, auth, s3,
     assert leftovers() == ([], [])
     listed = await (await small_client.get(f"/api/v1/courses/{course_id}/materials", headers=auth)).json()
     assert listed["items"] == []
+
+
+async def test_an_upload_whose_course_is_deleted_midway_is_404_and_leaves_nothing(aiohttp_client, settings, auth,
+                                                                                   s3, bucket, caplog):
+    """Found by probing: deleting the course aborts the upload's multipart upload in S3; the
+    upload then answered 503 storage_unavailable ("try again shortly") and logged an ERROR."""
+    client = await aiohttp_client(await create_app(dataclasses.replace(
+        settings, max_upload_bytes=20 * MiB, s3_part_bytes=5 * MiB)))
+    course_id = await _course(client, auth)
+    halfway, deleted = asyncio.Event(), asyncio.Event()
+
+    async def body():
+        for sent in range(1, 17):
+            yield os.urandom(MiB)
+            if sent == 8:  # one 5 MiB part is in S3 by now
+                halfway.set()
+                await deleted.wait()
+
+    upload = asyncio.ensure_future(client.post(f"/api/v1/courses/{course_id}/materials?filename=big.bin",
+                                               data=body(), headers=auth))
+    await halfway.wait()
+    for _ in range(100):
+        if [u for u in _multipart_uploads(s3, bucket) if course_id in u["Key"]]:
+            break
+        await asyncio.sleep(0.05)
+    assert (await client.delete(f"/api/v1/courses/{course_id}", headers=auth)).status == 204
+    deleted.set()
+    response = await asyncio.wait_for(upload, 60)
+    assert response.status == 404, await response.text()
+    assert (await response.json())["error"]["code"] == "not_found"
+    assert [u for u in _multipart_uploads(s3, bucket) if course_id in u["Key"]] == []
+    assert [k for k in _objects(s3, bucket) if course_id in k] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_concurrent_uploads(small_client, auth):
