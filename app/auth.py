@@ -73,6 +73,8 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     presented = request.headers.get(HEADER, "")
     if not presented:
         raise Unauthorized(f"Missing {HEADER} header.", code="missing_api_key")
+    if len(request.headers.getall(HEADER)) > 1:  # which one was meant? (a proxy may join them)
+        raise Unauthorized(f"Send one {HEADER} header, not several.", code="invalid_api_key")
     if not looks_like_key(presented):
         raise Unauthorized("The API key is not valid.", code="invalid_api_key")
     digest = hash_key(presented)

@@ -46,6 +46,11 @@ class BadRequest(ApiError):
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
+    def __init__(self, message: str, **options) -> None:
+        super().__init__(message, **options)
+        # RFC 9110: a 401 says how to authenticate.
+        self.headers.setdefault("WWW-Authenticate", 'ApiKey header="X-API-Key"')
+
 
 class Forbidden(ApiError):
     status, code = 403, "forbidden"

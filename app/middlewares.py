@@ -56,6 +56,9 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
         response.headers["X-Request-ID"] = request_id
     for name, value in request.get(ratelimit_headers_key, {}).items():
         response.headers[name] = value
+    if request.path.startswith("/api/v1/") and hdrs.CACHE_CONTROL not in response.headers:
+        # A tenant's data, behind a header no shared cache knows to key on (RFC 9111).
+        response.headers[hdrs.CACHE_CONTROL] = "no-store"
     origin = request.get(cors_origin_key)
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin

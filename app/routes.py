@@ -70,3 +70,8 @@ def setup_openapi(app: web.Application) -> None:
         in_place=True,
         securityDefinitions={"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
     )
+    # aiohttp-apispec adds its pages for GET alone; every GET answers HEAD too (RFC 9110).
+    for resource in app.router.resources():
+        routes = {route.method: route for route in resource}
+        if "GET" in routes and "HEAD" not in routes:
+            resource.add_route("HEAD", routes["GET"].handler)

@@ -31,7 +31,7 @@ async def create_course(request: web.Request) -> web.Response:
     data = request["data"]
     async with acquire(request) as conn:
         course = await courses.create_course(conn, caller(request).tenant_id, data["title"], data["description"])
-    return json_response(course, status=201)
+    return json_response(course, status=201, headers={"Location": f"/api/v1/courses/{course['id']}"})
 
 
 @api_endpoint("prep", "check", tags=TAGS, summary="List courses", errors=(422,),

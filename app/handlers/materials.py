@@ -83,7 +83,8 @@ async def upload_material(request: web.Request) -> web.Response:
         raise
     upload.finished()
     log.info("stored %s (%d bytes)", key, upload.size)
-    return json_response(material, status=201)
+    return json_response(material, status=201,
+                         headers={"Location": f"/api/v1/courses/{course_id}/materials/{material['id']}"})
 
 
 async def _stream(incoming, upload, digest, limit: int) -> None:

@@ -26,7 +26,7 @@ async def put_mapping(request: web.Request) -> web.Response:
     async with acquire(request) as conn:
         mapping = await slides.replace_mapping(conn, caller(request).tenant_id, course_id, data["material_id"],
                                                data["items"])
-    return json_response(mapping, status=201)
+    return json_response(mapping, status=201, headers={"Location": f"/api/v1/courses/{course_id}/slide-mapping"})
 
 
 @api_endpoint("prep", "check", tags=TAGS, summary="Get the course's slide mapping", errors=(404,))

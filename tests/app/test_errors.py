@@ -6,6 +6,7 @@ import gzip
 import logging
 
 import pytest
+from multidict import CIMultiDict
 
 from app.main import create_app
 
@@ -203,3 +204,29 @@ async def test_a_json_body_in_another_charset_is_415(client, auth, content_type)
     for fine in ("application/json; charset=utf-8", "application/json; charset=UTF8"):
         resp = await client.post("/api/v1/courses", data=b'{"title": "ok"}', headers={**auth, "Content-Type": fine})
         assert resp.status == 201
+
+
+async def test_http_semantics_a_client_relies_on(client, auth):
+    """Found by probing through nginx (RFC 9110/9111): a 401 names its scheme, every GET
+    answers HEAD (the docs pages did not), a tenant's data is never stored by a cache, a
+    201 says where the new resource is, and a request with two keys is not guessed at."""
+    for resp in (await client.get("/api/v1/courses"), await client.get("/api/v1/courses", headers={"X-API-Key": "x"})):
+        assert resp.status == 401 and resp.headers["WWW-Authenticate"] == 'ApiKey header="X-API-Key"'
+    for path in ("/docs", "/api/docs/swagger.json", "/health"):
+        head, get = await client.head(path), await client.get(path)
+        assert (head.status, head.headers["Content-Length"]) == (200, get.headers["Content-Length"]), path
+        assert await head.read() == b""
+    created = await client.post("/api/v1/courses", json={"title": "Located"}, headers=auth)
+    course = await created.json()
+    assert created.headers["Location"] == f"/api/v1/courses/{course['id']}"
+    for resp in (created, await client.get(created.headers["Location"], headers=auth),
+                 await client.get("/api/v1/nothing", headers=auth), await client.get("/api/v1/courses")):
+        assert resp.headers["Cache-Control"] == "no-store", resp.url
+    assert "Cache-Control" not in (await client.get("/health")).headers
+    uploaded = await client.post(f"/api/v1/courses/{course['id']}/materials?filename=a.txt", data=b"a", headers=auth)
+    assert uploaded.headers["Location"] == f"/api/v1/courses/{course['id']}/materials/{(await uploaded.json())['id']}"
+    mapped = await client.post(f"/api/v1/courses/{course['id']}/slide-mapping", json={"items": []}, headers=auth)
+    assert mapped.status == 201 and mapped.headers["Location"] == f"/api/v1/courses/{course['id']}/slide-mapping"
+    two_keys = CIMultiDict([("X-API-Key", auth["X-API-Key"]), ("X-API-Key", auth["X-API-Key"])])
+    resp = await client.get("/api/v1/courses", headers=two_keys)
+    assert resp.status == 401 and "one X-API-Key" in (await resp.json())["error"]["message"]
