@@ -17,11 +17,11 @@ from .storage import stop_uploads_on_shutdown, storage_ctx
 
 # JSON bodies are small; file uploads stream and are limited by MAX_UPLOAD_BYTES instead.
 CLIENT_MAX_SIZE = 8 * 1024 * 1024
-# nginx limits request lines and headers (8 KiB each over HTTP/1.1, and over HTTP/2 it
-# counts them HPACK-compressed, so longer ones reach the app). Over aiohttp's own limits
-# (8190 bytes, 128 headers) it answers in plain text, past every middleware: these are
-# above what nginx forwards.
-HEADER_LIMITS = {"max_line_size": 32 * 1024, "max_field_size": 32 * 1024, "max_headers": 256}
+# nginx limits request lines and header fields to 32 KiB (over HTTP/2 it may count them
+# HPACK-compressed, so longer ones reach the app). Over aiohttp's own limits (8190 bytes,
+# 128 headers) it answers in plain text, past every middleware: these are above what
+# nginx forwards.
+HEADER_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024, "max_headers": 256}
 
 
 async def create_app(settings: Settings | None = None) -> web.Application:
