@@ -43,10 +43,15 @@ def _kept(ch: str) -> str:
 
 def clean_filename(name: str | None) -> str:
     """The last path component, without control or format characters, bytes that were not
-    UTF-8 shown as U+FFFD (as in a query string), at most 255 characters."""
+    UTF-8 shown as U+FFFD (as in a query string), at most 255 characters: a longer name
+    loses the end of its stem, not its extension."""
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(map(_kept, unicodedata.normalize("NFC", name)))
     name = name.strip().lstrip(".").strip()
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, extension = name.rpartition(".")
+        if dot and stem and 0 < len(extension) <= 16:
+            name = stem[:MAX_FILENAME_CHARS - len(extension) - 1].rstrip() + dot + extension
     return name[:MAX_FILENAME_CHARS] or "upload"
 
 

@@ -59,6 +59,16 @@ async def test_raw_upload_round_trip_with_download_url(client, auth, s3, bucket)
         assert "notes.txt" in download.headers.get("Content-Disposition", "")
 
 
+async def test_a_raw_upload_declared_as_a_form_is_stored_untyped(client, auth):
+    """Found by probing: `curl --data-binary @deck.pdf …?filename=deck.pdf` declares
+    application/x-www-form-urlencoded, which was stored as the file's type (and given to
+    every download)."""
+    course_id = await _course(client, auth)
+    response = await client.post(f"/api/v1/courses/{course_id}/materials?filename=deck.pdf", data=b"%PDF-1.4",
+                                 headers={**auth, "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status == 201 and (await response.json())["content_type"] == "application/octet-stream"
+
+
 async def test_multipart_upload_of_several_parts(small_client, auth, s3, bucket):
     course_id = await _course(small_client, auth)
     data = os.urandom(5 * MiB + 123_456)  # two S3 parts
@@ -344,7 +354,8 @@ async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, 
     ("..hidden", "hidden"),
     ("", "upload"),
     ("   ", "upload"),
-    ("x" * 300 + ".pdf", "x" * 255),
+    ("x" * 300 + ".pdf", "x" * 251 + ".pdf"),  # found by probing: the extension was cut off
+    ("x" * 300, "x" * 255), ("x" * 300 + "." + "y" * 40, ("x" * 300 + "." + "y" * 40)[:255]),
     ("Лекция 1.mp4", "Лекция 1.mp4"),
     (b"\xff\xfe.txt".decode("utf-8", "surrogateescape"), "\ufffd\ufffd.txt"),  # bytes that were not UTF-8
 ])
