@@ -213,12 +213,25 @@ def test_methods_and_versions_nginx_refuses_get_json_errors(vps, request_bytes, 
     _assert_json_from_nginx(vps, request_bytes, status, code)
 
 
-def _assert_json_from_nginx(vps, request_bytes: bytes, status: int, code: str) -> None:
+def _assert_json_from_nginx(vps, request_bytes: bytes, status: int, code: str) -> dict[str, str]:
     got, headers, body = _raw_https(vps, request_bytes.replace(b"{domain}", vps["domain"].encode()))
     assert (got, headers["content-type"]) == (status, "application/json"), body[:300]
-    assert json.loads(body)["error"]["code"] == code and "strict-transport-security" in headers
+    error = json.loads(body)["error"]
+    assert error["code"] == code and "strict-transport-security" in headers
+    # Like the app's errors, nginx's say which request they answer.
+    assert re.fullmatch(r"[A-Za-z0-9._-]{8,64}", headers["x-request-id"])
+    assert error["request_id"] == headers["x-request-id"]
     if status == 405:
         assert "GET" in headers["allow"]
+    return headers
+
+
+def test_nginx_errors_keep_a_sane_incoming_request_id(vps):
+    for sent, kept in (("trace-abc-123", True), ("bad id\"x", False)):
+        headers = _assert_json_from_nginx(
+            vps, f"TRACE /api/v1/courses HTTP/1.1\r\nHost: {{domain}}\r\nX-Request-ID: {sent}\r\n"
+                 "Connection: close\r\n\r\n".encode(), 405, "method_not_allowed")
+        assert (headers["x-request-id"] == sent) == kept
 
 
 @pytest.mark.parametrize("request_bytes, status, code", [
