@@ -11,6 +11,7 @@ from aiohttp import hdrs, web
 from aiohttp_apispec import validation_middleware as apispec_validation_middleware
 
 from . import log
+from .auth import API_PREFIX
 from .errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from .jsonutil import loads
 from .keys import cors_origin_key, ratelimit_headers_key, request_id_key
@@ -56,7 +57,7 @@ async def add_response_headers(request: web.Request, response: web.StreamRespons
         response.headers["X-Request-ID"] = request_id
     for name, value in request.get(ratelimit_headers_key, {}).items():
         response.headers[name] = value
-    if request.path.startswith("/api/v1/") and hdrs.CACHE_CONTROL not in response.headers:
+    if request.path.startswith(API_PREFIX) and hdrs.CACHE_CONTROL not in response.headers:
         # A tenant's data, behind a header no shared cache knows to key on (RFC 9111).
         response.headers[hdrs.CACHE_CONTROL] = "no-store"
     origin = request.get(cors_origin_key)
