@@ -17,6 +17,12 @@ same bare app with that reset skipped (as the app's own pool skips it), one
 round trip per request; its figure and the app's ratio against it are printed
 too, for the issue's reading of the target ("one bare DB round trip").
 
+A fourth server runs the floor (tests/bench/floor_app.py): the app's own auth +
+rate-limit statement and course read on one pooled connection and nothing else,
+no middleware, log or validation. Its ratio against the bare app is about the
+most any implementation of the issue reaches on this stack, and app/floor shows
+how much of the gap is the app's own code.
+
 Each wrk run also reads the workers' CPU time from /proc: the sides' CPU per
 request compares more steadily than their rps on a noisy machine, and the
 busiest worker's share shows how wrk's keep-alive connections landed: the first
@@ -138,14 +144,18 @@ def main() -> int:
             one_trip_server = servers.enter_context(
                 Gunicorn(env, workers=WORKERS, app="tests.bench.bare_app:create_app_one_round_trip",
                          ready_path="/select1"))
+            floor_server = servers.enter_context(
+                Gunicorn(env, workers=WORKERS, app="tests.bench.floor_app:create_app", ready_path="/ready"))
             figures = measure_alternating({
                 "app": (f"{app_server.url}/api/v1/courses/{course_id}", {"X-API-Key": key},
                         app_server.worker_pids()),
+                "floor": (f"{floor_server.url}/api/v1/courses/{course_id}", {"X-API-Key": key},
+                          floor_server.worker_pids()),
                 "bare": (f"{bare_server.url}/select1", {}, bare_server.worker_pids()),
                 "one_trip": (f"{one_trip_server.url}/select1", {}, one_trip_server.worker_pids()),
             })
     api_stolen = stolen_share(started)
-    app, bare, one_trip = figures["app"], figures["bare"], figures["one_trip"]
+    app, floor, bare, one_trip = figures["app"], figures["floor"], figures["bare"], figures["one_trip"]
     ratio = app["rps"] / bare["rps"]
     round_ratios = [a / b for a, b in zip(app["rounds"], bare["rounds"])]
     uploads_ok = upload.report(upload.run())
@@ -156,17 +166,21 @@ def main() -> int:
           f"{ROUNDS} alternating rounds, medians")
     print(f"{'':40} {'rps':>10} {'p99 ms':>8}")
     print(f"{'GET /api/v1/courses/{id} (auth+limit)':40} {app['rps']:>10.0f} {app['p99_ms']:>8.2f}")
+    print(f"{'  the floor: the two statements alone':40} {floor['rps']:>10.0f} {floor['p99_ms']:>8.2f}")
     print(f"{'bare aiohttp+asyncpg SELECT 1':40} {bare['rps']:>10.0f} {bare['p99_ms']:>8.2f}")
     print(f"{'  the same, without the pool reset':40} {one_trip['rps']:>10.0f} {one_trip['p99_ms']:>8.2f}")
     print(f"{'rounds, app rps':40} {' '.join(f'{x:.0f}' for x in app['rounds'])}")
+    print(f"{'rounds, floor rps':40} {' '.join(f'{x:.0f}' for x in floor['rounds'])}")
     print(f"{'rounds, bare rps':40} {' '.join(f'{x:.0f}' for x in bare['rounds'])}")
     print(f"{'rounds, ratio':40} {' '.join(f'{x:.2f}' for x in round_ratios)}")
     print(f"{'rounds, one-round-trip bare rps':40} {' '.join(f'{x:.0f}' for x in one_trip['rounds'])}")
-    print(f"{'worker CPU per request, µs':40} app {app['cpu_us']:.0f}, bare {bare['cpu_us']:.0f}, "
-          f"one round trip {one_trip['cpu_us']:.0f}")
-    for name, side in (("app", app), ("bare", bare), ("one round trip", one_trip)):
+    print(f"{'worker CPU per request, µs':40} app {app['cpu_us']:.0f}, floor {floor['cpu_us']:.0f}, "
+          f"bare {bare['cpu_us']:.0f}, one round trip {one_trip['cpu_us']:.0f}")
+    for name, side in (("app", app), ("floor", floor), ("bare", bare), ("one round trip", one_trip)):
         print(f"{'rounds, busiest worker CPU share, ' + name:40} "
               f"{' '.join(f'{x:.0%}' for x in side['busiest_shares'])}")
+    print(f"the floor (the two statements alone) against the bare app: {floor['rps'] / bare['rps']:.2f}; "
+          f"the app against the floor: {app['rps'] / floor['rps']:.2f}")
     print(f"app against the bare app without the pool reset (one round trip per request): "
           f"{app['rps'] / one_trip['rps']:.2f}")
     print(f"CPU stolen by the host: {api_stolen:.0%} during the API bench, {stolen_share(started):.0%} "
