@@ -18,6 +18,7 @@ import asyncpg
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
 
+from .materials import media_type
 from .storage import ObjectMissing
 
 log = logging.getLogger("app.materials")
@@ -31,7 +32,7 @@ PDF_MAX_BYTES = 64 << 20
 
 def kind_of(content_type: str, filename: str) -> str | None:
     """"text", "pdf" or None (not readable for the LLM)."""
-    media = content_type.split(";", 1)[0].strip().lower()
+    media = media_type(content_type)
     if media == "application/octet-stream":
         media = next((t for suffix, t in SUFFIXES.items() if filename.lower().endswith(suffix)), media)
     if media in TEXT_TYPES:

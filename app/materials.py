@@ -33,6 +33,11 @@ def object_key(tenant_id: uuid.UUID, course_id: uuid.UUID, material_id: uuid.UUI
     return f"{course_prefix(tenant_id, course_id)}materials/{material_id}"
 
 
+def media_type(content_type: str) -> str:
+    """A stored Content-Type's media type, lower-case and without parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def _kept(ch: str) -> str:
     category = unicodedata.category(ch)
     if category in ("Cc", "Cf", "Zl", "Zp"):

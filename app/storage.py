@@ -38,6 +38,10 @@ class StorageUnavailable(ServiceUnavailable):
 _STORAGE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
+# The store's answers meaning "no such object" (a HEAD's error has only the status).
+_NO_SUCH_OBJECT = ("NoSuchKey", "404")
+
+
 def _error_code(exc: BaseException | None) -> str | None:
     """The S3 error code of a storage failure (``NoSuchKey``...), if the store answered one."""
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -99,7 +103,7 @@ class Storage:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._transfers, fetch)
         except _STORAGE_ERRORS as exc:
-            if _error_code(exc) in ("NoSuchKey", "404"):
+            if _error_code(exc) in _NO_SUCH_OBJECT:
                 raise ObjectMissing(key) from exc
             log.warning("storage get_object failed: %s", exc)
             raise StorageUnavailable() from exc
@@ -297,7 +301,7 @@ class ObjectUpload:
             elif self._upload_id is not None:
                 await self.storage.call("abort_multipart_upload", Key=self.key, UploadId=self._upload_id)
         except StorageUnavailable as exc:
-            if _error_code(exc.__cause__) in ("NoSuchUpload", "NoSuchKey", "404"):
+            if _error_code(exc.__cause__) in ("NoSuchUpload", *_NO_SUCH_OBJECT):
                 log.info("upload of %s was gone already (its course deleted meanwhile)", self.key)
             else:
                 log.error("could not clean up upload of %s; the orphan sweep will", self.key)

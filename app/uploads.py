@@ -11,7 +11,7 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import BadRequest, UnsupportedMediaType, ValidationFailed
-from .materials import clean_filename
+from .materials import clean_filename, media_type
 
 CHUNK_BYTES = 256 * 1024
 # Boundaries and part headers around the file in a multipart body.
@@ -60,7 +60,7 @@ async def incoming_file(request: web.Request) -> IncomingFile:
         raise ValidationFailed("Name the file with ?filename= (or send multipart/form-data).",
                                details={"filename": ["Missing data for required field."]})
     content_type = clean_content_type(request.headers.get(hdrs.CONTENT_TYPE))
-    if content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
+    if media_type(content_type) == "application/x-www-form-urlencoded":
         # What `curl --data-binary @file` declares unless told otherwise: no file's own type.
         content_type = DEFAULT_CONTENT_TYPE
     return IncomingFile(clean_filename(filename), content_type, request.content.iter_chunked(CHUNK_BYTES))

@@ -38,6 +38,7 @@ DURATION_S = 20
 MAX_REQUESTS = 200_000
 UPLOAD_BYTES = 10 << 20
 MIX = (("read", 80), ("write", 15), ("upload", 5))
+LOG_LINES_SHOWN = 20
 
 
 class _PinnedResolver(AbstractResolver):
@@ -68,21 +69,18 @@ async def _drive(url: str, key: str, course_id: str, connector: aiohttp.TCPConne
 
     async with aiohttp.ClientSession(connector=connector or aiohttp.TCPConnector(limit=CONNECTIONS),
                                      timeout=aiohttp.ClientTimeout(total=120)) as session:
-        async def one(kind: str) -> int:
+        async def one(kind: str) -> str:
             if kind == "read":
                 path = rng.choice((f"/api/v1/courses/{course_id}", "/api/v1/courses?limit=20"))
                 async with session.get(url + path, headers=headers) as resp:
-                    await resp.read()
-                    return resp.status
+                    return await _outcome(resp)
             if kind == "write":
                 async with session.post(url + "/api/v1/courses", headers=headers,
                                         json={"title": f"Mix {rng.random():.6f}", "description": "bench"}) as resp:
-                    await resp.read()
-                    return resp.status
+                    return await _outcome(resp)
             async with session.post(f"{url}/api/v1/courses/{course_id}/materials?filename=lecture.bin",
                                     data=payload, headers={**headers, "Content-Type": "application/octet-stream"}) as resp:
-                await resp.read()
-                return resp.status
+                return await _outcome(resp)
 
         async def client() -> None:
             nonlocal count
@@ -96,13 +94,25 @@ async def _drive(url: str, key: str, course_id: str, connector: aiohttp.TCPConne
                     errors[f"{kind}: {type(exc).__name__}"] += 1
                     continue
                 samples[kind].append((time.perf_counter() - started) * 1000)
-                if status not in (200, 201):
+                if status:
                     errors[f"{kind}: {status}"] += 1
 
         started = time.monotonic()
         await asyncio.gather(*(client() for _ in range(CONNECTIONS)))
         elapsed = time.monotonic() - started
     return {"samples": dict(samples), "errors": dict(errors), "seconds": elapsed}
+
+
+async def _outcome(resp: aiohttp.ClientResponse) -> str:
+    """An empty string for a success, else the status and the error's code."""
+    body = await resp.read()
+    if resp.status in (200, 201):
+        return ""
+    try:
+        error = json.loads(body)["error"]
+        return f"{resp.status} {error['code']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{resp.status} {body[:80]!r}"
 
 
 def run() -> dict:
@@ -112,7 +122,17 @@ def run() -> dict:
         key, course_id = asyncio.run(seed(database_url))
         env = app_environment(database_url, s3, s3.create_bucket("bench-mix"), LOG_LEVEL="WARNING")
         with Gunicorn(env, workers=WORKERS) as app:
-            return asyncio.run(_drive(app.url, key, course_id))
+            result = asyncio.run(_drive(app.url, key, course_id))
+            # What the app logged about any failures (it logs WARNING and up here).
+            result["log"] = [line for line in app.log_lines() if _level(line) not in ("DEBUG", "INFO")]
+            return result
+
+
+def _level(line: str) -> str:
+    try:
+        return json.loads(line).get("level", "")
+    except ValueError:
+        return ""
 
 
 def run_vps() -> dict:
@@ -159,6 +179,11 @@ def report(result: dict, where: str = "at the app") -> bool:
     print(f"{'all':10} {len(every):>9} {len(every) / seconds:>8.1f} {percentile(every, 50):>8.1f} "
           f"{percentile(every, 99):>8.1f}")
     print(f"errors: {sum(result['errors'].values())} {result['errors'] or ''}")
+    log = result.get("log", [])
+    for line in log[:LOG_LINES_SHOWN]:
+        print(f"  app log: {line}")
+    if len(log) > LOG_LINES_SHOWN:
+        print(f"  app log: ... {len(log) - LOG_LINES_SHOWN} more line(s)")
     return not result["errors"]
 
 
