@@ -108,6 +108,9 @@ MAX_LLM_TIMEOUT_S = 3600.0
 MAX_S3_PARTS_IN_FLIGHT = 64  # each holds a part in memory
 # Below the 28.5 s a worker's runner gives requests in progress at shutdown (app/serve.py).
 MAX_UPLOAD_SHUTDOWN_GRACE_S = 25
+MAX_UPLOADS_PER_WORKER = 256
+# An upload waiting for its turn reads nothing: nginx's timeouts (15 min) must not cut it first.
+MAX_UPLOAD_QUEUE_WAIT_S = 600
 WEEK_S = 7 * 24 * 3600
 # S3 takes at most 10,000 parts per upload: with parts of S3_PART_BYTES, that is the
 # largest file an upload can store.
@@ -307,6 +310,8 @@ class Settings(DatabaseSettings):
     max_upload_bytes: int = 1 << 30
     s3_part_bytes: int = 5 << 20
     s3_parts_in_flight: int = 6
+    uploads_per_worker: int = 8
+    upload_queue_wait_s: int = 300
     download_url_ttl_s: int = 900
     upload_orphan_age_s: int = 3600
     upload_sweep_interval_s: int = 600
@@ -333,6 +338,8 @@ class Settings(DatabaseSettings):
             llm_byok_allowed_networks=_read(env, "LLM_BYOK_ALLOWED_NETWORKS", _networks, ()),
             **_upload_fields(env),
             s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", whole_number(1, MAX_S3_PARTS_IN_FLIGHT), 6),
+            uploads_per_worker=_read(env, "UPLOADS_PER_WORKER", whole_number(1, MAX_UPLOADS_PER_WORKER), 8),
+            upload_queue_wait_s=_read(env, "UPLOAD_QUEUE_WAIT_S", whole_number(0, MAX_UPLOAD_QUEUE_WAIT_S), 300),
             # A pre-signed URL (signature v4) lives at most a week.
             download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", whole_number(1, WEEK_S), 900),
             upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", whole_number(0, 52 * WEEK_S), 3600),

@@ -9,6 +9,7 @@ short timeouts: a dead storage endpoint gives a fast 503, never a hung request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import logging
@@ -33,6 +34,15 @@ HEALTH_TIMEOUT_S = 3.0
 class StorageUnavailable(ServiceUnavailable):
     def __init__(self) -> None:
         super().__init__("The file storage is unavailable; try again shortly.", code="storage_unavailable")
+
+
+UPLOADS_BUSY_RETRY_AFTER_S = 10
+_RESTARTING = "The server is restarting; try again shortly."
+
+
+class UploadsBusy(ServiceUnavailable):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="uploads_busy", headers={"Retry-After": str(UPLOADS_BUSY_RETRY_AFTER_S)})
 
 
 _STORAGE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
@@ -63,10 +73,15 @@ CHECKSUM_POLICY = {"request_checksum_calculation": "when_required", "response_ch
 
 class Storage:
     def __init__(self, bucket: str, endpoint_url: str | None, *, connect_timeout: float = 3.0,
-                 read_timeout: float = 30.0, max_attempts: int = 3) -> None:
+                 read_timeout: float = 30.0, max_attempts: int = 3, uploads_at_once: int = 8) -> None:
         self.bucket = bucket
         self._transfers = ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="s3-transfer")
         self.active: set[ObjectUpload] = set()  # unfinished uploads, discarded at shutdown
+        self._upload_slots = asyncio.Semaphore(uploads_at_once)
+        # Parts handed to the transfer pool, across this worker's uploads: more would
+        # only wait in its queue, each holding a part in memory.
+        self.part_slots = asyncio.Semaphore(TRANSFER_THREADS)
+        self._closing = asyncio.Event()  # set at shutdown: uploads waiting for a slot are refused
         self._client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -108,6 +123,51 @@ class Storage:
             log.warning("storage get_object failed: %s", exc)
             raise StorageUnavailable() from exc
 
+    @contextlib.asynccontextmanager
+    async def upload_slot(self, wait_s: float) -> AsyncIterator[None]:
+        """One of the worker's upload slots, for the whole of one upload.
+
+        Each upload holds a part in memory while it fills, so the slots (with the
+        worker-wide cap on parts in flight) bound the worker's memory however many
+        uploads arrive at once. An upload without a slot waits for one, its body
+        unread, for at most ``wait_s`` seconds; then, or once the worker shuts down,
+        it is a 503 with Retry-After."""
+        await self._take_upload_slot(wait_s)
+        try:
+            yield
+        finally:
+            self._upload_slots.release()
+
+    async def _take_upload_slot(self, wait_s: float) -> None:
+        if self._closing.is_set():
+            raise UploadsBusy(_RESTARTING)
+        if not self._upload_slots.locked():
+            await self._upload_slots.acquire()  # a free slot: taken at once
+            return
+        slot = asyncio.ensure_future(self._upload_slots.acquire())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait((slot, closing), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the request cancelled while it waited
+            self._give_back(slot)
+            raise
+        finally:
+            closing.cancel()
+        if slot.done() and not self._closing.is_set():
+            return
+        self._give_back(slot)
+        if self._closing.is_set():
+            raise UploadsBusy(_RESTARTING)
+        log.warning("upload refused: every upload slot stayed busy for %s s", wait_s)
+        raise UploadsBusy("The server is busy with other uploads; try again shortly.")
+
+    def _give_back(self, slot: asyncio.Future) -> None:
+        """A slot being waited for that is not wanted any more: released if it came."""
+        if not slot.done():
+            slot.cancel()  # the semaphore hands on a slot granted meanwhile
+        elif not slot.cancelled() and slot.exception() is None:
+            self._upload_slots.release()
+
     def upload(self, key: str, content_type: str, *, part_bytes: int, parts_in_flight: int) -> "ObjectUpload":
         upload = ObjectUpload(self, key, content_type, part_bytes, parts_in_flight)
         self.active.add(upload)
@@ -115,7 +175,9 @@ class Storage:
 
     async def finish_or_discard_active(self, grace_s: float) -> None:
         """At shutdown: let uploads in progress finish for ``grace_s`` seconds, then
-        stop the rest and undo them while the worker is still alive to do it."""
+        stop the rest and undo them while the worker is still alive to do it. Uploads
+        still waiting for a slot are refused."""
+        self._closing.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while self.active and loop.time() < deadline:
@@ -191,7 +253,8 @@ class Storage:
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app[settings_key]
-    app[storage_key] = Storage(settings.s3_bucket, settings.s3_endpoint_url)
+    app[storage_key] = Storage(settings.s3_bucket, settings.s3_endpoint_url,
+                               uploads_at_once=settings.uploads_per_worker)
     sweeper = asyncio.create_task(_sweep_orphans(app[storage_key], settings))
     yield
     sweeper.cancel()
@@ -229,8 +292,10 @@ class ObjectUpload:
     Until a whole part has arrived nothing is sent; a file smaller than one part
     becomes a single ``put_object``. Larger files become an S3 multipart upload
     whose parts upload in the transfer pool, at most ``parts_in_flight`` at a
-    time: ``write`` waits when they are all busy, so the request body is read
-    no faster than S3 takes it. Memory: about (parts_in_flight + 1) parts.
+    time, and at most ``TRANSFER_THREADS`` across the worker's uploads: ``write``
+    waits when they are all busy, so the request body is read no faster than S3
+    takes it. Memory: at most (parts_in_flight + 1) parts per upload, and about
+    (TRANSFER_THREADS + uploads at once) parts per worker.
     ``discard`` undoes everything (an aborted multipart upload, a deleted object).
     """
 
@@ -313,7 +378,15 @@ class ObjectUpload:
             created = await self.storage.call("create_multipart_upload", Key=self.key, ContentType=self.content_type)
             self._upload_id = created["UploadId"]
         await self._slots.acquire()  # back-pressure: no more than parts_in_flight parts at once
-        self._raise_failure()
+        try:
+            # ... and, across the worker's uploads, no more parts than threads to send them.
+            await self.storage.part_slots.acquire()
+        except BaseException:
+            self._slots.release()
+            raise
+        if self._failure is not None:
+            self._release_slots()
+            raise self._failure
         self._parts_sent += 1
         number = self._parts_sent
         task = asyncio.ensure_future(self._upload_part(number, part))
@@ -328,7 +401,11 @@ class ObjectUpload:
         except BaseException as exc:
             self._failure = self._failure or exc
         finally:
-            self._slots.release()
+            self._release_slots()
+
+    def _release_slots(self) -> None:
+        self.storage.part_slots.release()
+        self._slots.release()
 
     async def _drain(self) -> None:
         if self._tasks:

@@ -17,7 +17,7 @@ from ..errors import BadRequest, PayloadTooLarge
 from ..jsonutil import json_response
 from ..keys import settings_key, storage_key
 from ..schemas import MaterialDetailSchema, MaterialListSchema, MaterialSchema
-from ..storage import StorageUnavailable
+from ..storage import Storage, StorageUnavailable
 from ..uploads import declared_file_bytes, incoming_file
 from .common import api_endpoint, path_uuid
 
@@ -44,7 +44,8 @@ def _too_large(limit: int) -> PayloadTooLarge:
 @api_endpoint("prep", tags=TAGS, summary="Upload a material (streamed to storage)", errors=(400, 404, 413, 415, 422),
               description="`multipart/form-data` with one `file` part, or the raw file with its own Content-Type "
                           "and `?filename=`. Streamed to storage as it arrives; nothing is kept unless the whole "
-                          "file arrived.")
+                          "file arrived. A worker streams a few uploads at once; more wait their turn, and one "
+                          "that waited too long is a 503 `uploads_busy` with Retry-After.")
 @docs(**_UPLOAD_DOC)
 @response_schema(MaterialSchema, 201, description="The stored material")
 async def upload_material(request: web.Request) -> web.Response:
@@ -57,11 +58,20 @@ async def upload_material(request: web.Request) -> web.Response:
     if declared is not None and declared > limit:
         raise _too_large(limit)
 
+    storage = request.app[storage_key]
+    async with storage.upload_slot(settings.upload_queue_wait_s):
+        return await _store(request, storage, tenant_id, course_id)
+
+
+async def _store(request: web.Request, storage: Storage, tenant_id: uuid.UUID, course_id: uuid.UUID) -> web.Response:
+    """The body into storage and its row into the database, or nothing at all."""
+    settings = request.app[settings_key]
+    limit = settings.max_upload_bytes
     incoming = await incoming_file(request)
     material_id = uuid.uuid4()
     key = materials.object_key(tenant_id, course_id, material_id)
-    upload = request.app[storage_key].upload(key, incoming.content_type, part_bytes=settings.s3_part_bytes,
-                                             parts_in_flight=settings.s3_parts_in_flight)
+    upload = storage.upload(key, incoming.content_type, part_bytes=settings.s3_part_bytes,
+                            parts_in_flight=settings.s3_parts_in_flight)
     digest = hashlib.sha256()
     try:
         try:

@@ -59,6 +59,7 @@ def test_values_are_parsed():
     ("RATE_LIMIT_PREP_PER_MIN", "0"), ("RATE_LIMIT_CHECK_PER_MIN", "0"),
     ("CORS_ORIGINS", "http://a.com/path"), ("CORS_ORIGINS", "https://a.com?x=1"), ("CORS_ORIGINS", "https://u@a.com"),
     ("S3_PARTS_IN_FLIGHT", "65"), ("UPLOAD_SHUTDOWN_GRACE_S", "26"),
+    ("UPLOADS_PER_WORKER", "0"), ("UPLOADS_PER_WORKER", "257"), ("UPLOAD_QUEUE_WAIT_S", "601"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as caught:

@@ -6,6 +6,11 @@ same run, with the app's checksum policy (``app.storage.CHECKSUM_POLICY``), so
 that both send S3 the same requests. Targets: peak RSS growth <= 64 MiB,
 throughput ratio >= 0.8.
 
+Then CONCURRENT_UPLOADS uploads of CONCURRENT_BYTES each (1 GiB in all) arrive at
+one worker at once: the worker streams UPLOADS_PER_WORKER of them at a time and the
+rest wait their turn, so its RSS growth stays bounded (target <= 256 MiB) rather
+than growing with the number of uploads.
+
 boto3's default policy is timed as well, for information: it sends a CRC32 per
 part, and moto then combines those instead of copying the whole object once
 more to checksum it at completion, so it is faster against moto. Backblaze B2,
@@ -24,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+import aiohttp
 from botocore.config import Config
 
 from app.migrate import apply_migrations
@@ -37,6 +43,9 @@ from .seed import seed
 SIZE = 1 << 30
 MAX_RSS_GROWTH_MIB = 64
 TARGET_RATIO = 0.8
+CONCURRENT_UPLOADS = 64
+CONCURRENT_BYTES = 16 << 20
+MAX_CONCURRENT_RSS_GROWTH_MIB = 256
 EXTRA_ENV = dict(item.split("=", 1) for item in os.environ.get("BENCH_APP_ENV", "").split() if item)
 
 
@@ -110,8 +119,36 @@ def run() -> dict:
         material = json.loads(out)
         if (material["size_bytes"], material["sha256"]) != (SIZE, sha):
             raise RuntimeError(f"the stored file differs: {material}")
+
+        with Gunicorn(env, workers=1) as server:
+            sampler = RssSampler(server.worker_pids()[0])
+            sampler.start()
+            started = time.monotonic()
+            statuses = asyncio.run(_concurrent_uploads(server.url, key, course_id))
+            concurrent_s = time.monotonic() - started
+            concurrent_growth_mib = sampler.stop()
+        if statuses != [201] * CONCURRENT_UPLOADS:
+            raise RuntimeError(f"concurrent uploads answered {sorted(set(statuses))}")
     return {"direct_s": direct_s, "direct_default_s": direct_default_s, "app_s": app_s,
-            "ratio": direct_s / app_s, "rss_growth_mib": growth_mib}
+            "ratio": direct_s / app_s, "rss_growth_mib": growth_mib,
+            "concurrent_s": concurrent_s, "concurrent_rss_growth_mib": concurrent_growth_mib}
+
+
+async def _concurrent_uploads(url: str, key: str, course_id: str) -> list[int]:
+    block = os.urandom(1 << 20)
+
+    async def body():
+        for _ in range(CONCURRENT_BYTES >> 20):
+            yield block
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
+        async def one(n: int) -> int:
+            async with session.post(f"{url}/api/v1/courses/{course_id}/materials?filename=c{n}.bin", data=body(),
+                                    headers={"X-API-Key": key, "Content-Type": "application/octet-stream"}) as resp:
+                await resp.read()
+                return resp.status
+
+        return await asyncio.gather(*(one(n) for n in range(CONCURRENT_UPLOADS)))
 
 
 def report(result: dict) -> bool:
@@ -127,4 +164,8 @@ def report(result: dict) -> bool:
           f"(target <= {MAX_RSS_GROWTH_MIB}: {'met' if rss_ok else 'NOT met'})")
     print(f"throughput ratio app/direct = {result['ratio']:.2f} "
           f"(target >= {TARGET_RATIO}: {'met' if ratio_ok else 'NOT met'})")
-    return rss_ok and ratio_ok
+    concurrent_ok = result["concurrent_rss_growth_mib"] <= MAX_CONCURRENT_RSS_GROWTH_MIB
+    print(f"{CONCURRENT_UPLOADS} uploads of {CONCURRENT_BYTES >> 20} MiB at once to 1 worker: "
+          f"{result['concurrent_s']:.1f} s, worker peak RSS growth = {result['concurrent_rss_growth_mib']:.1f} MiB "
+          f"(target <= {MAX_CONCURRENT_RSS_GROWTH_MIB}: {'met' if concurrent_ok else 'NOT met'})")
+    return rss_ok and ratio_ok and concurrent_ok
