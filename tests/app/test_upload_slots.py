@@ -106,16 +106,22 @@ async def _slot_is_free(store: Storage) -> bool:
         return False
 
 
-async def test_shutdown_refuses_uploads_still_waiting_for_a_slot(storage):
+async def _hold_the_slot(store: Storage) -> tuple[asyncio.Future, asyncio.Event]:
+    """A task holding the one slot until the event is set."""
     holding, done = asyncio.Event(), asyncio.Event()
 
     async def holder():
-        async with storage.upload_slot(10):
+        async with store.upload_slot(10):
             holding.set()
             await done.wait()
 
     held = asyncio.ensure_future(holder())
     await holding.wait()
+    return held, done
+
+
+async def test_shutdown_refuses_uploads_still_waiting_for_a_slot(storage):
+    held, done = await _hold_the_slot(storage)
     waiting = asyncio.ensure_future(storage.upload_slot(60).__aenter__())
     await asyncio.sleep(0.1)
     assert not waiting.done()
@@ -131,15 +137,7 @@ async def test_shutdown_refuses_uploads_still_waiting_for_a_slot(storage):
 
 
 async def test_slots_are_given_back_after_timeouts_and_cancelled_waits(storage):
-    holding, done = asyncio.Event(), asyncio.Event()
-
-    async def holder():
-        async with storage.upload_slot(10):
-            holding.set()
-            await done.wait()
-
-    held = asyncio.ensure_future(holder())
-    await holding.wait()
+    held, done = await _hold_the_slot(storage)
     assert not await _slot_is_free(storage)  # timed out: 503
     cancelled = asyncio.ensure_future(storage.upload_slot(60).__aenter__())
     await asyncio.sleep(0.1)
