@@ -1,7 +1,8 @@
 """The text of a course's materials, for the LLM (structure generation).
 
 Plain text and Markdown are read as they are; PDFs through pypdf, page by page
-until the budget is used. Only the first bytes of a text file are fetched (a
+until the budget is used, in a child process killed if it takes too long
+(``app.pdf_reader``). Only the first bytes of a text file are fetched (a
 ranged GET); a PDF must be read whole, so PDFs above ``PDF_MAX_BYTES`` are left
 out, as is any file that cannot be read or is missing from storage (logged, never
 fatal).
@@ -9,16 +10,13 @@ fatal).
 
 from __future__ import annotations
 
-import asyncio
-import io
 import logging
 import uuid
 
 import asyncpg
-from pypdf import PdfReader
-from pypdf.errors import PyPdfError
 
 from .materials import media_type
+from .pdf_reader import PdfUnreadable, read_pdf_text
 from .storage import ObjectMissing
 
 log = logging.getLogger("app.materials")
@@ -48,18 +46,6 @@ async def readable_materials(conn: asyncpg.Connection, tenant_id: uuid.UUID, cou
     return [dict(r, kind=kind) for r in rows if (kind := kind_of(r["content_type"], r["filename"]))]
 
 
-def pdf_text(data: bytes, budget_chars: int) -> str:
-    parts, used = [], 0
-    for page in PdfReader(io.BytesIO(data)).pages:
-        text = (page.extract_text() or "").strip()
-        if text:
-            parts.append(text)
-            used += len(text)
-        if used >= budget_chars:
-            break
-    return "\n\n".join(parts)
-
-
 async def _text_of(storage, row: dict, budget_chars: int) -> str:
     if row["size_bytes"] == 0:  # nothing to read (and S3 refuses any range of an empty object)
         return ""
@@ -72,8 +58,8 @@ async def _text_of(storage, row: dict, budget_chars: int) -> str:
         return ""
     data = await storage.read_head(row["object_key"], row["size_bytes"])
     try:
-        return await asyncio.to_thread(pdf_text, data, budget_chars)
-    except (PyPdfError, ValueError, KeyError, TypeError) as exc:  # a broken or encrypted PDF
+        return await read_pdf_text(data, budget_chars)
+    except PdfUnreadable as exc:
         log.warning("PDF %r left out of the LLM's input: %s", row["filename"], exc)
         return ""
 

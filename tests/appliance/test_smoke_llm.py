@@ -82,3 +82,26 @@ def test_homework_progress_and_cost_report(api):
     status, report = api("GET", "/api/v1/reports/cost?group_by=endpoint")
     assert status == 200
     assert {g["key"] for g in report["groups"]} >= {"check-homework"}
+
+
+def test_a_pdf_material_is_read_for_structure_generation(api, curl, vps, provider_is_test_server, tmp_path):
+    """PDFs are read in a child process (app.pdf_reader): the service's sandbox must let it run."""
+    from tests.app.test_llm_features import make_pdf
+
+    phrase = f"Orbital mechanics {uuid.uuid4().hex[:8]}"
+    pdf = tmp_path / "deck.pdf"
+    pdf.write_bytes(make_pdf(phrase, "Second page"))
+    status, course = api("POST", "/api/v1/courses", {"title": f"PDF smoke {uuid.uuid4().hex[:8]}"})
+    assert status == 201, course
+    status, material = curl.json(f"/api/v1/courses/{course['id']}/materials?filename=deck.pdf",
+                                 "-X", "POST", "-H", f"X-API-Key: {vps['api_key']}",
+                                 "-H", "Content-Type: application/pdf", "--data-binary", f"@{pdf}")
+    assert status == 201, material
+    if provider_is_test_server:
+        llm_server.control(TEST_SERVER, "DELETE", "/_control/requests")
+    status, structure = api("POST", f"/api/v1/courses/{course['id']}/structure", {})
+    assert status == 200, structure
+    assert structure["modules"]
+    if provider_is_test_server:
+        prompts = json.dumps(llm_server.control(TEST_SERVER, "GET", "/_control/requests"))
+        assert phrase in prompts, "the PDF's text should reach the provider"
