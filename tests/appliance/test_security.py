@@ -107,6 +107,18 @@ def test_no_secret_and_no_api_key_is_in_the_journal(host, vps):
     assert vps["api_key"][:12] in journal  # the key's prefix is logged, nothing more
 
 
+def test_an_api_key_in_a_query_string_stays_out_of_nginx_access_log(host, curl, vps):
+    """Found by probing: nginx logged whole request lines, so a key a client put in the
+    query (which the app ignores: 401) stood in the access log that group adm reads."""
+    marker = secrets.token_hex(8)
+    status, _, _ = curl(f"/api/v1/courses/{marker}?api_key={vps['api_key']}&X-API-Key={vps['api_key']}")
+    assert status == 401
+    log = host.check_output("tail -n 500 /var/log/nginx/access.log")
+    lines = [line for line in log.splitlines() if marker in line]
+    assert lines and all(f"/api/v1/courses/{marker}?(query not logged)" in line for line in lines), lines
+    assert vps["api_key"] not in log
+
+
 @pytest.mark.parametrize("path", ["/etc/course-supporter/env", "/etc/nginx/netdata.htpasswd",
                                   "/etc/netdata/health_alarm_notify.conf"])
 def test_secret_files_are_not_world_readable(host, path):
