@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.localvps.layout import ROOT
+from tests.localvps.layout import MACHINE_DIR, ROOT, VPS_JSON
 
 # The units the playbooks add; each runs sandboxed (systemd-analyze's 0-10 exposure scale).
 OUR_SERVICES = ["course-supporter.service", "course-supporter-backup.service"]
@@ -105,6 +105,13 @@ def test_no_secret_and_no_api_key_is_in_the_journal(host, vps):
     for secret in [*_secrets(host), vps["api_key"]]:
         assert secret not in journal
     assert vps["api_key"][:12] in journal  # the key's prefix is logged, nothing more
+
+
+def test_the_local_vps_files_on_the_host_are_roots_alone():
+    """Found by probing: without user namespaces the VPS's group ids are other groups on the
+    host (its course-supporter group was the host's polkitd), which could read its env file."""
+    assert MACHINE_DIR.stat().st_mode & 0o777 == 0o700
+    assert VPS_JSON.stat().st_mode & 0o777 == 0o600  # it holds the demo key
 
 
 def test_an_api_key_in_a_query_string_stays_out_of_nginx_access_log(host, curl, vps):

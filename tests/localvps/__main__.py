@@ -45,6 +45,7 @@ def write_vps_json(api_key: str) -> dict:
         "telegram_log": str(TELEGRAM_LOG),
     }
     VPS_JSON.write_text(json.dumps(description, indent=2) + "\n")
+    VPS_JSON.chmod(0o600)  # it holds the demo key
     return description
 
 

@@ -57,13 +57,16 @@ def ensure_rootfs_cache() -> None:
 
 
 def ensure_machine_rootfs() -> None:
-    """This VPS's own copy of the cached image, with its identity: host keys, our SSH key, DNS."""
+    """This VPS's own copy of the cached image, with its identity: host keys, our SSH key, DNS.
+    Root's alone on the host: without user namespaces the VPS's group ids are other groups
+    here, and would let those read the VPS's secrets (found by probing)."""
+    MACHINE_DIR.mkdir(parents=True, exist_ok=True)
+    MACHINE_DIR.chmod(0o700)
     if ROOTFS.exists():
         return
     host.log("creating the VPS's root filesystem")
     tmp = MACHINE_DIR / "rootfs.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    MACHINE_DIR.mkdir(parents=True, exist_ok=True)
     host.run("cp", "-a", "--reflink=auto", str(ROOTFS_CACHE), str(tmp))
     for old in (tmp / "etc/ssh").glob("ssh_host_*"):
         old.unlink()
