@@ -36,3 +36,28 @@ def test_stopping_the_app_alerts_telegram_and_recovers(host, vps, curl):
                                   if "course-supporter" in m["text"] and "recovered" in m["text"].lower()],
                          ALERT_WAIT_S)
     assert recovered, f"no recovery message within {ALERT_WAIT_S}s"
+
+
+def test_test_alarms_reach_telegram_with_the_token_never_on_a_command_line(host, vps):
+    """Found by probing: Netdata's own Telegram sender put the bot token in curl's command
+    line, which any local user can read in /proc while an alert goes out. Netdata's test
+    alarms run here with a `curl` first on PATH that records its command line."""
+    log = Path(vps["telegram_log"])
+    before = _count(log)
+    token = host.check_output("sed -n 's/^TELEGRAM_BOT_TOKEN=\"\\(.*\\)\"$/\\1/p' /etc/netdata/health_alarm_notify.conf")
+    assert ":" in token  # a bot token: "<bot id>:<secret>"
+    recorder = host.check_output("mktemp -d")
+    try:
+        host.run_expect([0], f"printf '%s\\n' '#!/bin/sh' 'printf \"%s\\\\n\" \"$*\" >> {recorder}/argv' "
+                             f"'exec /usr/bin/curl \"$@\"' > {recorder}/curl && chmod 755 {recorder}/curl && chown netdata {recorder}")
+        sent = host.run(f"runuser -u netdata -- env PATH={recorder}:/usr/bin:/bin "
+                        "/usr/lib/netdata/plugins.d/alarm-notify.sh test")
+        assert sent.rc == 0, sent.stderr
+        command_lines = host.check_output(f"cat {recorder}/argv")
+    finally:
+        host.run(f"rm -rf {recorder}")
+    assert token not in command_lines and "/bot" not in command_lines
+    assert "--config -" in command_lines
+    messages = wait_for(lambda: [m for m in _messages(log, before) if "test alarm" in m["text"]], 30)
+    assert messages and len(messages) >= 3, _messages(log, before)
+    assert all(m["parse_mode"] == "HTML" and m["chat_id"] for m in messages)
