@@ -12,6 +12,7 @@ from aiohttp_apispec import docs, response_schema
 
 from .. import courses, materials
 from ..auth import caller
+from ..config import Settings
 from ..db import acquire
 from ..errors import BadRequest, PayloadTooLarge
 from ..jsonutil import json_response
@@ -60,12 +61,12 @@ async def upload_material(request: web.Request) -> web.Response:
 
     storage = request.app[storage_key]
     async with storage.upload_slot(settings.upload_queue_wait_s):
-        return await _store(request, storage, tenant_id, course_id)
+        return await _store(request, storage, settings, tenant_id, course_id)
 
 
-async def _store(request: web.Request, storage: Storage, tenant_id: uuid.UUID, course_id: uuid.UUID) -> web.Response:
+async def _store(request: web.Request, storage: Storage, settings: Settings, tenant_id: uuid.UUID,
+                 course_id: uuid.UUID) -> web.Response:
     """The body into storage and its row into the database, or nothing at all."""
-    settings = request.app[settings_key]
     limit = settings.max_upload_bytes
     incoming = await incoming_file(request)
     material_id = uuid.uuid4()
