@@ -236,16 +236,18 @@ def _text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def render_text(result: Any) -> str:
+def render_text(result: Any, secret: bool = False) -> str:
+    """Text output: a row's fields as name=value; a new secret (``secret``: the row's ``key``) on
+    a line of its own, with the warning that it is never shown again."""
     if isinstance(result, dict) and set(result) == {"applied"}:
         names = result["applied"]
         return "\n".join(f"applied {n}" for n in names) if names else "nothing to apply: the schema is up to date"
     rows = result if isinstance(result, list) else [result]
     lines = []
     for row in rows:
-        if "key" in row:
+        if secret and "key" in row:
             lines.append(f"key: {row['key']}\n(store it now: it is never shown again)")
-        fields = "  ".join(f"{k}={_text(v)}" for k, v in row.items() if k != "key")
+        fields = "  ".join(f"{k}={_text(v)}" for k, v in row.items() if not (secret and k == "key"))
         if fields:
             lines.append(fields)
     return "\n".join(lines) if lines else "(none)"
@@ -367,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tell(f"error: {exc}" if isinstance(exc, CommandError) else str(exc))
         return 1
     try:
-        print(dumps(result) if getattr(args, "json", False) else render_text(result), flush=True)
+        print(dumps(result) if getattr(args, "json", False) else render_text(result, args.func in UNSEEN_SECRET),
+              flush=True)
     except BrokenPipeError:
         _quiet()
         undo = UNSEEN_SECRET.get(args.func)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 
@@ -11,8 +10,6 @@ from app.migrate import apply_migrations
 from tests.support.llm_server import LLMServer
 from tests.support.pg import PostgresCluster
 from tests.support.s3 import CREDENTIALS, S3Server, app_environment
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +66,3 @@ def app_env(database_url, s3, bucket, llm):
     """The environment a deployed app would get."""
     return app_environment(database_url, s3, bucket, LOG_LEVEL="INFO", OPENAI_BASE_URL=llm.base_url,
                            **LLM_TEST_SETTINGS)
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"

@@ -1,18 +1,14 @@
-"""The real app, in-process (pytest-aiohttp), plus tenants and keys made through the data layer."""
+"""The real app, in-process (pytest-aiohttp), plus tenants and keys made through the data
+layer, and courses made through the API."""
 
 from __future__ import annotations
-
-import asyncio
-import datetime
-from typing import Any
 
 import asyncpg
 import pytest
 
-from app import tenants
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import unique
+from tests.support.tenants import Factory
 
 
 @pytest.fixture
@@ -25,26 +21,6 @@ async def db(database_url):
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
-
-
-class Factory:
-    """Makes tenants and keys the way the admin CLI does."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
-
-    async def tenant(self, name: str = "tenant") -> dict[str, Any]:
-        return await tenants.create_tenant(self.conn, unique(name))
-
-    async def key(self, tenant_id, *, scopes=("prep", "check"), prep: int = 1000, check: int = 1000,
-                  expires_at: datetime.datetime | None = None) -> dict[str, Any]:
-        return await tenants.issue_key(self.conn, tenant_id, scopes=scopes, label="test", env="test",
-                                       rate_limit_prep=prep, rate_limit_check=check, expires_at=expires_at)
-
-    async def tenant_with_key(self, **key_options) -> tuple[dict, dict[str, str]]:
-        tenant = await self.tenant()
-        key = await self.key(tenant["id"], **key_options)
-        return tenant, {"X-API-Key": key["key"]}
 
 
 @pytest.fixture
@@ -64,15 +40,28 @@ async def auth(factory) -> dict[str, str]:
     return headers
 
 
-async def llm_calls(db, tenant_id, count: int = 1, timeout: float = 5.0) -> list[dict]:
-    """The tenant's accounted LLM calls, oldest first, once ``count`` of them are in
-    (the app writes them in the background, just after answering)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        rows = await db.fetch("SELECT * FROM llm_calls WHERE tenant_id = $1 ORDER BY id", tenant_id)
-        if len(rows) >= count or asyncio.get_running_loop().time() > deadline:
-            return [dict(r) for r in rows]
-        await asyncio.sleep(0.02)
+@pytest.fixture
+def make_course(client, auth):
+    """Makes courses through the API, as a client does: ``await make_course()`` POSTs
+    /api/v1/courses to the ``client`` app with the ``auth`` key (or to ``client=`` a test's
+    own app, with ``auth=`` another tenant's headers) and returns the created course; with
+    ``structure=`` it then PUTs that structure and adds the stored one to the course as
+    ``"structure"``. The only fixture that makes courses (tests/test_layout.py)."""
+    app_client, tenant_auth = client, auth
+
+    async def make(title: str = "Algebra", description: str = "Equations", *, structure: dict | None = None,
+                   auth: dict[str, str] | None = None, client=None) -> dict:
+        http, headers = client or app_client, auth or tenant_auth
+        resp = await http.post("/api/v1/courses", json={"title": title, "description": description}, headers=headers)
+        assert resp.status == 201, await resp.text()
+        course = await resp.json()
+        if structure is not None:
+            resp = await http.put(f"/api/v1/courses/{course['id']}/structure", json=structure, headers=headers)
+            assert resp.status == 200, await resp.text()
+            course["structure"] = await resp.json()
+        return course
+
+    return make
 
 
 @pytest.fixture

@@ -10,16 +10,9 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO_ROOT, unique
-
-
-def admin(*args: str, env: dict | None = None, database_url: str | None = None) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    if database_url:
-        environment["DATABASE_URL"] = database_url
-    environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "app.admin", *args], cwd=REPO_ROOT, env=environment,
-                          capture_output=True, text=True, timeout=60)
+from tests.support.admin_cli import admin
+from tests.support.names import unique
+from tests.support.paths import REPO_ROOT
 
 
 @pytest.fixture

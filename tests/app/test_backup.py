@@ -10,9 +10,8 @@ import pytest
 
 from app import backup
 from app.config import Settings
-from tests.conftest import unique
-
-from .test_admin_cli import admin
+from tests.support.admin_cli import admin
+from tests.support.names import unique
 
 
 @pytest.fixture
@@ -88,6 +87,17 @@ def test_backups_are_named_by_key_or_latest(settings, app_env):
     assert shown.returncode == 0 and json.loads(shown.stdout)["key"] == made["key"]
     missing = admin("backup", "show", "nope.dump", env=app_env)
     assert missing.returncode == 1 and "no backup 'backups/nope.dump'" in missing.stderr
+
+
+def test_backup_text_output_shows_object_keys_as_fields_not_as_secrets(settings, app_env):
+    """Only a new API or encryption key is "shown once"; a backup's object key is a plain field."""
+    made = backup.create(settings, keep_days=3650)
+    shown = admin("backup", "show", made["key"], env=app_env)
+    assert shown.returncode == 0
+    assert f"key={made['key']}  size_bytes={made['size_bytes']}" in shown.stdout
+    assert "never shown again" not in shown.stdout
+    listed = admin("backup", "list", env=app_env)
+    assert f"key={made['key']}" in listed.stdout and "never shown again" not in listed.stdout
 
 
 def test_a_broken_archive_restores_nothing(settings, s3, bucket, pg, app_env):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from app.config import ConfigError, Settings
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 BASE = {"DATABASE_URL": "postgresql://u:p@localhost:5432/db", "S3_BUCKET": "b"}
 

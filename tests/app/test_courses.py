@@ -7,14 +7,8 @@ import uuid
 import pytest
 
 
-async def make_course(client, auth, title="Algebra", description="Intro"):
-    resp = await client.post("/api/v1/courses", json={"title": title, "description": description}, headers=auth)
-    assert resp.status == 201, await resp.text()
-    return await resp.json()
-
-
-async def test_create_get_update_delete(client, auth):
-    course = await make_course(client, auth)
+async def test_create_get_update_delete(client, auth, make_course):
+    course = await make_course(description="Intro")
     assert set(course) == {"id", "title", "description", "created_at", "updated_at"}
     assert course["title"] == "Algebra" and course["description"] == "Intro"
     uuid.UUID(course["id"])
@@ -43,9 +37,9 @@ async def test_description_is_optional(client, auth):
     assert (await resp.json())["description"] == ""
 
 
-async def test_pagination_reports_total(client, auth):
+async def test_pagination_reports_total(client, auth, make_course):
     for i in range(5):
-        await make_course(client, auth, title=f"Course {i}")
+        await make_course(title=f"Course {i}")
     resp = await client.get("/api/v1/courses?limit=2&offset=1", headers=auth)
     assert resp.status == 200
     page = await resp.json()
@@ -65,8 +59,8 @@ async def test_bad_pagination_is_422(client, auth, query):
     assert set(body["error"]["details"]) <= {"limit", "offset"} and body["error"]["details"]
 
 
-async def test_structure_replace_and_lessons(client, auth):
-    course = await make_course(client, auth)
+async def test_structure_replace_and_lessons(client, auth, make_course):
+    course = await make_course()
     structure = {"modules": [
         {"title": "Basics", "lessons": [{"title": "Numbers", "content": "1, 2, 3"}, {"title": "Sets"}]},
         {"title": "Equations", "lessons": [{"title": "Linear", "content": "ax + b = 0"}]},
@@ -105,8 +99,8 @@ async def test_structure_replace_and_lessons(client, auth):
     assert (await resp.json()) == {"modules": []}
 
 
-async def test_lesson_of_another_course_is_404(client, auth):
-    first, second = await make_course(client, auth), await make_course(client, auth)
+async def test_lesson_of_another_course_is_404(client, auth, make_course):
+    first, second = await make_course(), await make_course()
     stored = await (await client.put(f"/api/v1/courses/{first['id']}/structure",
                                      json={"modules": [{"title": "M", "lessons": [{"title": "L"}]}]},
                                      headers=auth)).json()
@@ -132,8 +126,8 @@ async def test_invalid_course_body_is_422_with_details(client, auth, body, field
     assert field in error["details"]
 
 
-async def test_invalid_structure_is_422(client, auth):
-    course = await make_course(client, auth)
+async def test_invalid_structure_is_422(client, auth, make_course):
+    course = await make_course()
     for body, field in (({"modules": [{"lessons": []}]}, "modules"),
                         ({"modules": "nope"}, "modules"),
                         ({"modules": [{"title": "M", "lessons": [{"title": "L", "extra": 1}]}]}, "modules")):
@@ -142,8 +136,8 @@ async def test_invalid_structure_is_422(client, auth):
         assert field in (await resp.json())["error"]["details"]
 
 
-async def test_empty_patch_is_422(client, auth):
-    course = await make_course(client, auth)
+async def test_empty_patch_is_422(client, auth, make_course):
+    course = await make_course()
     resp = await client.patch(f"/api/v1/courses/{course['id']}", json={}, headers=auth)
     assert resp.status == 422
 
@@ -182,12 +176,12 @@ async def test_structure_of_unknown_course_is_404(client, auth):
     assert resp.status == 404
 
 
-async def test_text_with_a_nul_character_is_a_422_not_a_500(client, auth):
+async def test_text_with_a_nul_character_is_a_422_not_a_500(client, auth, make_course):
     """Found by the fuzzer: PostgreSQL cannot store U+0000, and such a title was a 500."""
     resp = await client.post("/api/v1/courses", json={"title": "A\u0000B", "description": "fine"}, headers=auth)
     assert resp.status == 422
     assert (await resp.json())["error"]["details"] == {"title": ["Text must not contain NUL (\\u0000) characters."]}
-    course = await (await client.post("/api/v1/courses", json={"title": "Fine"}, headers=auth)).json()
+    course = await make_course(title="Fine")
     resp = await client.put(f"/api/v1/courses/{course['id']}/structure", headers=auth, json={
         "modules": [{"title": "M", "lessons": [{"title": "ok"}, {"title": "L", "content": "x\u0000"}]}]})
     assert resp.status == 422

@@ -99,10 +99,10 @@ async def test_swagger_ui(client):
     assert "swagger" in html.lower() and "/api/docs/swagger.json" in html
 
 
-async def test_an_oversized_json_body_is_a_documented_413(client, auth):
+async def test_an_oversized_json_body_is_a_documented_413(client, auth, make_course):
     """Found by the fuzzer: a JSON body over the app's 8 MiB limit answered 413, which the
     operations taking a body did not document."""
-    course = await (await client.post("/api/v1/courses", json={"title": "Big"}, headers=auth)).json()
+    course = await make_course("Big")
     body = b'{"modules": [{"title": "' + b"x" * (9 << 20) + b'"}]}'
     resp = await client.put(f"/api/v1/courses/{course['id']}/structure", data=body,
                             headers={**auth, "Content-Type": "application/json"})
@@ -141,11 +141,11 @@ async def test_a_body_not_in_its_declared_content_encoding_is_400(client, auth, 
     assert [r.status for r in caplog.records if r.name == "app.access"][-2:] == [400, 200]
 
 
-async def test_a_body_in_a_content_coding_the_app_does_not_decode_is_415(client, auth):
+async def test_a_body_in_a_content_coding_the_app_does_not_decode_is_415(client, auth, make_course):
     """aiohttp passes codings it does not know through undecoded: such a body would be read
     as JSON or stored as the file. (br and zstd it refuses itself, before any middleware;
     nginx answers those, see tests/appliance/test_security.py.)"""
-    course = await (await client.post("/api/v1/courses", json={"title": "codings"}, headers=auth)).json()
+    course = await make_course("codings")
     targets = [("/api/v1/courses", "application/json", b'{"title": "t"}'),
                (f"/api/v1/courses/{course['id']}/materials?filename=a.txt", "text/plain", b"plain bytes")]
     for path, content_type, body in targets:

@@ -13,12 +13,11 @@ import time
 from app.config import Settings
 from app.main import create_app
 from app.migrate import apply_migrations
-from tests.conftest import unique
+from tests.support.admin_cli import admin
 from tests.support.keys import UNLIMITED_KEY_ARGS
+from tests.support.names import unique
 from tests.support.pg import PostgresCluster
 from tests.support.tcpproxy import TcpProxy
-
-from .test_admin_cli import admin
 
 CONNECTIONS = 8
 DOWN_S = 2.0

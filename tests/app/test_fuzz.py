@@ -5,22 +5,24 @@ its schema. Bounded here (FUZZ_MAX_EXAMPLES per operation and phase, default 20)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.conftest import REPO_ROOT, unique
+from tests.support.admin_cli import admin
+from tests.support.courses import create_course
 from tests.support.gunicorn import Gunicorn
 from tests.support.keys import UNLIMITED_KEY_ARGS
-
-from .test_admin_cli import admin
+from tests.support.names import unique
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.gunicorn
 
@@ -61,24 +63,24 @@ def test_no_input_breaks_the_api_or_its_documentation(app_env, tmp_path):
         warnings
 
 
-def _call(url: str, key: str, method: str, body: dict) -> dict:
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode(),
-                                     headers={"X-API-Key": key, "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+async def _mapped_lesson(base_url: str, key: str) -> tuple[str, str]:
+    """A new course with one lesson, mapped to a slide: the course's and the lesson's ids."""
+    headers = {"X-API-Key": key}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        course = await create_course(session, base_url, headers, "Fuzzing target", structure={
+            "modules": [{"title": "Module", "lessons": [{"title": "Lesson", "content": "Text."}]}]})
+        lesson = course["structure"]["modules"][0]["lessons"][0]["id"]
+        async with session.post(f"{base_url}/api/v1/courses/{course['id']}/slide-mapping", headers=headers, json={
+                "items": [{"slide_number": 1, "lesson_id": lesson, "start_s": 0, "end_s": 30}]}) as resp:
+            assert resp.status == 201, await resp.text()
+    return course["id"], lesson
 
 
 def _known_ids_config(base_url: str, key: str) -> str:
     """schemathesis.toml giving the operations that read one lesson or a slide mapping
     a course, lesson and mapping that exist, so that they reach more than their 404
     (random ids never match anything, and Swagger 2.0 has no links to follow)."""
-    courses = f"{base_url}/api/v1/courses"
-    course = _call(courses, key, "POST", {"title": "Fuzzing target"})["id"]
-    structure = _call(f"{courses}/{course}/structure", key, "PUT",
-                      {"modules": [{"title": "Module", "lessons": [{"title": "Lesson", "content": "Text."}]}]})
-    lesson = structure["modules"][0]["lessons"][0]["id"]
-    _call(f"{courses}/{course}/slide-mapping", key, "POST",
-          {"items": [{"slide_number": 1, "lesson_id": lesson, "start_s": 0, "end_s": 30}]})
+    course, lesson = asyncio.run(_mapped_lesson(base_url, key))
     lesson_ops = "\n".join(f"""
 [[operations]]
 include-name = "{method} /api/v1/courses/{{course_id}}/lessons/{{lesson_id}}"

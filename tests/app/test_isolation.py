@@ -6,15 +6,13 @@ import pytest
 
 
 @pytest.fixture
-async def foreign(client, factory):
+async def foreign(client, factory, make_course):
     """A course with a lesson owned by tenant A, and tenant B's headers."""
     _, owner = await factory.tenant_with_key()
     _, intruder = await factory.tenant_with_key()
-    course = await (await client.post("/api/v1/courses", json={"title": "Secret"}, headers=owner)).json()
-    structure = await (await client.put(f"/api/v1/courses/{course['id']}/structure",
-                                        json={"modules": [{"title": "M", "lessons": [{"title": "L"}]}]},
-                                        headers=owner)).json()
-    lesson_id = structure["modules"][0]["lessons"][0]["id"]
+    course = await make_course("Secret", auth=owner,
+                               structure={"modules": [{"title": "M", "lessons": [{"title": "L"}]}]})
+    lesson_id = course["structure"]["modules"][0]["lessons"][0]["id"]
     material = await (await client.post(f"/api/v1/courses/{course['id']}/materials?filename=secret.txt",
                                         data=b"secret", headers=owner)).json()
     return {"course": course["id"], "lesson": lesson_id, "material": material["id"], "owner": owner,

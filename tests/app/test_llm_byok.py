@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from app import admin
 from app.llm import byok
 from app.keys import llm_key
-from tests.app.conftest import llm_calls
+from tests.support.llm_accounting import llm_calls
 from tests.support.llm_server import LLMServer
 
 KEY_1, KEY_2 = Fernet.generate_key().decode(), Fernet.generate_key().decode()

@@ -8,22 +8,14 @@ import json
 
 import pytest
 
-from tests.app.conftest import llm_calls
+from tests.support.llm_accounting import llm_calls
 from tests.support.llm_server import DEFAULT_JSON
+from tests.support.pdf import make_pdf
 
 
 @pytest.fixture(autouse=True)
 def _fresh(fresh_llm):
     return fresh_llm
-
-
-async def make_course(client, auth, **structure) -> dict:
-    course = await (await client.post("/api/v1/courses", json={"title": "Algebra", "description": "Equations"},
-                                      headers=auth)).json()
-    if structure:
-        resp = await client.put(f"/api/v1/courses/{course['id']}/structure", json=structure, headers=auth)
-        course["structure"] = await resp.json()
-    return course
 
 
 # --- presentation and improve ---------------------------------------------------------
@@ -79,8 +71,8 @@ async def test_improve_returns_the_rewritten_text(client, auth, fresh_llm):
 
 # --- structure generation -------------------------------------------------------------
 
-async def test_structure_is_generated_from_the_course_and_its_text_materials(client, auth, fresh_llm):
-    course = await make_course(client, auth)
+async def test_structure_is_generated_from_the_course_and_its_text_materials(client, auth, fresh_llm, make_course):
+    course = await make_course()
     base = f"/api/v1/courses/{course['id']}"
     notes = "# Week 1\nSolving ax + b = 0 by isolating x."
     await client.post(f"{base}/materials?filename=notes.md", data=notes.encode(),
@@ -104,30 +96,8 @@ async def test_structure_is_generated_from_the_course_and_its_text_materials(cli
     assert detail["content"] == "What the course covers."
 
 
-def make_pdf(*pages: str) -> bytes:
-    """A minimal PDF with one line of text per page (Helvetica), offsets computed exactly."""
-    objects = ["<< /Type /Catalog /Pages 2 0 R >>", None, "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
-    kids = []
-    for text in pages:
-        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
-        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
-        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objects)} 0 R "
-                       "/Resources << /Font << /F1 3 0 R >> >> >>")
-        kids.append(f"{len(objects)} 0 R")
-    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return bytes(out)
-
-
-async def test_pdf_materials_are_read_and_broken_ones_left_out(client, auth, fresh_llm):
-    course = await make_course(client, auth)
+async def test_pdf_materials_are_read_and_broken_ones_left_out(client, auth, fresh_llm, make_course):
+    course = await make_course()
     base = f"/api/v1/courses/{course['id']}"
     for name, body in (("slides.pdf", make_pdf("Vectors and matrices", "Eigenvalues explained")),
                        ("broken.pdf", b"%PDF-1.4 this is not really a PDF")):
@@ -141,10 +111,10 @@ async def test_pdf_materials_are_read_and_broken_ones_left_out(client, auth, fre
     assert "broken.pdf" not in prompt
 
 
-async def test_empty_materials_are_left_out(client, auth, fresh_llm):
+async def test_empty_materials_are_left_out(client, auth, fresh_llm, make_course):
     """Found by probing: S3 refuses any byte range of an empty object, and one empty text
     file made every generation for its course a 503 storage_unavailable."""
-    course = await make_course(client, auth)
+    course = await make_course()
     base = f"/api/v1/courses/{course['id']}"
     for name, content_type, body in (("empty.txt", "text/plain", b""), ("empty.pdf", "application/pdf", b""),
                                      ("empty.md", "application/octet-stream", b""),
@@ -158,10 +128,11 @@ async def test_empty_materials_are_left_out(client, auth, fresh_llm):
     assert "Limits and continuity" in prompt and "empty." not in prompt
 
 
-async def test_a_material_whose_file_is_missing_from_storage_is_left_out(client, auth, fresh_llm, s3, bucket):
+async def test_a_material_whose_file_is_missing_from_storage_is_left_out(client, auth, fresh_llm, s3, bucket,
+                                                                         make_course):
     """Deleted behind the app's back, or a database restored to before a file was deleted:
     a 503 storage_unavailable for every generation would be false."""
-    course = await make_course(client, auth)
+    course = await make_course()
     base = f"/api/v1/courses/{course['id']}"
     gone = await (await client.post(f"{base}/materials?filename=gone.md", data=b"Lost notes",
                                     headers={**auth, "Content-Type": "text/markdown"})).json()
@@ -178,15 +149,15 @@ async def test_a_material_whose_file_is_missing_from_storage_is_left_out(client,
     assert "Kept notes" in prompt and "gone.md" not in prompt
 
 
-async def test_structure_generation_without_a_body_or_materials(client, auth, fresh_llm):
-    course = await make_course(client, auth)
+async def test_structure_generation_without_a_body_or_materials(client, auth, fresh_llm, make_course):
+    course = await make_course()
     resp = await client.post(f"/api/v1/courses/{course['id']}/structure", headers=auth)
     assert resp.status == 200, await resp.text()
     assert "Material" not in fresh_llm.requests()[0]["body"]["messages"][-1]["content"]
 
 
-async def test_an_unusable_structure_keeps_the_old_one(client, auth, fresh_llm):
-    course = await make_course(client, auth, modules=[{"title": "Kept", "lessons": [{"title": "L"}]}])
+async def test_an_unusable_structure_keeps_the_old_one(client, auth, fresh_llm, make_course):
+    course = await make_course(structure={"modules": [{"title": "Kept", "lessons": [{"title": "L"}]}]})
     bad = json.dumps({"modules": [{"title": "", "lessons": []}]})
     fresh_llm.script({"content": bad}, {"content": bad})
     resp = await client.post(f"/api/v1/courses/{course['id']}/structure", json={}, headers=auth)
@@ -202,17 +173,17 @@ async def test_an_unusable_structure_keeps_the_old_one(client, auth, fresh_llm):
     {"modules": [{"title": ["M"], "lessons": []}]},
     {"modules": [{"title": "\u0000", "lessons": []}]},
 ])
-async def test_a_wrongly_typed_structure_is_bad_output_and_recorded(client, factory, db, fresh_llm, reply):
+async def test_a_wrongly_typed_structure_is_bad_output_and_recorded(client, factory, db, fresh_llm, make_course, reply):
     tenant, auth = await factory.tenant_with_key()
-    course = await make_course(client, auth)
+    course = await make_course(auth=auth)
     fresh_llm.script({"content": json.dumps(reply)}, {"content": json.dumps(reply)})
     resp = await client.post(f"/api/v1/courses/{course['id']}/structure", json={}, headers=auth)
     assert resp.status == 502 and (await resp.json())["error"]["code"] == "llm_bad_output"
     assert [c["outcome"] for c in await llm_calls(db, tenant["id"], 2)] == ["bad_output", "bad_output"]
 
 
-async def test_nul_characters_in_a_reply_are_dropped_before_storing(client, auth, fresh_llm, course_with_lessons):
-    course = await make_course(client, auth)
+async def test_nul_characters_in_a_reply_are_dropped_before_storing(client, auth, fresh_llm, make_course):
+    course = await make_course()
     fresh_llm.script({"content": json.dumps(
         {"modules": [{"title": "Mod\u0000ule", "lessons": [{"title": "L\u0000", "content": "a\u0000b"}]}]})})
     resp = await client.post(f"/api/v1/courses/{course['id']}/structure", json={}, headers=auth)
@@ -221,7 +192,8 @@ async def test_nul_characters_in_a_reply_are_dropped_before_storing(client, auth
     assert (module["title"], module["lessons"][0]["title"]) == ("Module", "L")
     lesson = await client.get(f"/api/v1/courses/{course['id']}/lessons/{module['lessons'][0]['id']}", headers=auth)
     assert (await lesson.json())["content"] == "ab"
-    course_id, easy, _ = course_with_lessons
+    homework = await make_course(structure=HOMEWORK)
+    course_id, (easy, _) = homework["id"], lesson_ids(homework)
     fresh_llm.script({"content": json.dumps({"score": 70, "feedback": "Go\u0000od."})})
     resp = await check(client, auth, course_id, easy)
     assert resp.status == 201 and (await resp.json())["feedback"] == "Good."
@@ -235,13 +207,15 @@ async def test_structure_generation_for_a_missing_course_calls_no_llm(client, au
 
 # --- homework and progress ------------------------------------------------------------
 
-@pytest.fixture
-async def course_with_lessons(client, auth):
-    course = await make_course(client, auth, modules=[{"title": "M", "lessons": [
-        {"title": "Linear equations", "content": "Solve ax + b = 0."},
-        {"title": "Hard one", "content": "Proofs.", "pass_score": 90}]}])
-    lessons = course["structure"]["modules"][0]["lessons"]
-    return course["id"], lessons[0]["id"], lessons[1]["id"]
+# A course's structure for homework: an easy lesson (the default pass mark) and a hard one.
+HOMEWORK = {"modules": [{"title": "M", "lessons": [
+    {"title": "Linear equations", "content": "Solve ax + b = 0."},
+    {"title": "Hard one", "content": "Proofs.", "pass_score": 90}]}]}
+
+
+def lesson_ids(course: dict) -> list[str]:
+    """The ids of a course's lessons (a course made with a structure), in order."""
+    return [lesson["id"] for module in course["structure"]["modules"] for lesson in module["lessons"]]
 
 
 async def check(client, auth, course_id, lesson_id, student="student-42", submission="x = -b/a"):
@@ -250,8 +224,9 @@ async def check(client, auth, course_id, lesson_id, student="student-42", submis
                              headers=auth)
 
 
-async def test_homework_is_scored_and_stored(client, auth, course_with_lessons, fresh_llm):
-    course_id, easy, hard = course_with_lessons
+async def test_homework_is_scored_and_stored(client, auth, fresh_llm, make_course):
+    course = await make_course(structure=HOMEWORK)
+    course_id, (easy, hard) = course["id"], lesson_ids(course)
     resp = await check(client, auth, course_id, easy)
     assert resp.status == 201, await resp.text()
     attempt = await resp.json()
@@ -267,9 +242,9 @@ async def test_homework_is_scored_and_stored(client, auth, course_with_lessons, 
     assert "90" in fresh_llm.requests()[1]["body"]["messages"][0]["content"]
 
 
-async def test_progress_aggregates_attempts_per_lesson(client, factory, fresh_llm):
+async def test_progress_aggregates_attempts_per_lesson(client, factory, fresh_llm, make_course):
     _, auth = await factory.tenant_with_key()
-    other_course = await make_course(client, auth, modules=[{"title": "M", "lessons": [{"title": "L"}]}])
+    other_course = await make_course(auth=auth, structure={"modules": [{"title": "M", "lessons": [{"title": "L"}]}]})
     fresh_llm.script({"content": json.dumps({"score": 40, "feedback": "Not yet."})},
                      {"content": json.dumps({"score": 95, "feedback": "Great."})},
                      {"content": json.dumps({"score": 70, "feedback": "Good."})})
@@ -282,8 +257,9 @@ async def test_progress_aggregates_attempts_per_lesson(client, factory, fresh_ll
     assert (await (await client.get("/api/v1/students/nobody/progress", headers=auth)).json())["courses"] == []
 
 
-async def test_progress_is_per_tenant(client, auth, factory, course_with_lessons):
-    course_id, easy, _ = course_with_lessons
+async def test_progress_is_per_tenant(client, auth, factory, make_course):
+    course = await make_course(structure=HOMEWORK)
+    course_id, (easy, _) = course["id"], lesson_ids(course)
     await check(client, auth, course_id, easy)
     _, intruder = await factory.tenant_with_key()
     resp = await client.get("/api/v1/students/student-42/progress", headers=intruder)
@@ -304,26 +280,27 @@ async def test_progress_of_the_longest_student_id(client, auth):
     assert resp.status == 200 and (await resp.json()) == {"student_id": "x" * 200, "courses": []}
 
 
-async def test_homework_for_a_lesson_of_another_course_is_422(client, auth, course_with_lessons, fresh_llm):
-    course_id, easy, _ = course_with_lessons
-    other = await make_course(client, auth)
+async def test_homework_for_a_lesson_of_another_course_is_422(client, auth, fresh_llm, make_course):
+    course = await make_course(structure=HOMEWORK)
+    easy, _ = lesson_ids(course)
+    other = await make_course()
     resp = await check(client, auth, other["id"], easy)
     assert resp.status == 422 and "lesson_id" in (await resp.json())["error"]["details"]
     assert fresh_llm.requests() == []
 
 
-async def test_a_prep_only_key_cannot_check_homework(client, factory, fresh_llm):
+async def test_a_prep_only_key_cannot_check_homework(client, factory, fresh_llm, make_course):
     tenant, auth = await factory.tenant_with_key(scopes=("prep",))
-    course = await make_course(client, auth, modules=[{"title": "M", "lessons": [{"title": "L"}]}])
+    course = await make_course(auth=auth, structure={"modules": [{"title": "M", "lessons": [{"title": "L"}]}]})
     resp = await check(client, auth, course["id"], course["structure"]["modules"][0]["lessons"][0]["id"])
     assert resp.status == 403
     assert (await client.get("/api/v1/students/s/progress", headers=auth)).status == 403
     assert fresh_llm.requests() == []
 
 
-async def test_an_out_of_range_score_is_bad_output_and_nothing_is_stored(client, auth, course_with_lessons,
-                                                                         fresh_llm):
-    course_id, easy, _ = course_with_lessons
+async def test_an_out_of_range_score_is_bad_output_and_nothing_is_stored(client, auth, fresh_llm, make_course):
+    course = await make_course(structure=HOMEWORK)
+    course_id, (easy, _) = course["id"], lesson_ids(course)
     wrong = json.dumps({"score": 150, "feedback": "Too generous"})
     fresh_llm.script({"content": wrong}, {"content": wrong})
     resp = await check(client, auth, course_id, easy, student="student-bad")

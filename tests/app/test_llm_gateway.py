@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from app.keys import llm_key
-from tests.app.conftest import llm_calls
+from tests.support.llm_accounting import llm_calls
 from tests.support.llm_server import LLMServer
 
 

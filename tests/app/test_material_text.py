@@ -11,7 +11,7 @@ import pytest
 
 from app.material_text import kind_of
 from app.pdf_reader import PdfUnreadable, pdf_text, read_pdf_text
-from tests.app.test_llm_features import make_pdf
+from tests.support.pdf import make_pdf
 
 
 @pytest.mark.parametrize("content_type, filename, kind", [

@@ -28,11 +28,6 @@ def _multipart_uploads(s3, bucket: str) -> list[dict]:
     return s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
-async def _course(client, auth) -> str:
-    response = await client.post("/api/v1/courses", json={"title": "Materials"}, headers=auth)
-    return (await response.json())["id"]
-
-
 @pytest.fixture
 async def small_client(aiohttp_client, settings):
     """The app with a 6 MiB upload limit and 5 MiB parts (S3's smallest)."""
@@ -40,8 +35,8 @@ async def small_client(aiohttp_client, settings):
         settings, max_upload_bytes=6 * MiB, s3_part_bytes=5 * MiB)))
 
 
-async def test_raw_upload_round_trip_with_download_url(client, auth, s3, bucket):
-    course_id = await _course(client, auth)
+async def test_raw_upload_round_trip_with_download_url(client, auth, s3, bucket, make_course):
+    course_id = (await make_course())["id"]
     data = b"lecture notes\n" * 1000
     response = await client.post(f"/api/v1/courses/{course_id}/materials?filename=notes.txt", data=data,
                                  headers={**auth, "Content-Type": "text/plain"})
@@ -59,18 +54,18 @@ async def test_raw_upload_round_trip_with_download_url(client, auth, s3, bucket)
         assert "notes.txt" in download.headers.get("Content-Disposition", "")
 
 
-async def test_a_raw_upload_declared_as_a_form_is_stored_untyped(client, auth):
+async def test_a_raw_upload_declared_as_a_form_is_stored_untyped(client, auth, make_course):
     """Found by probing: `curl --data-binary @deck.pdf …?filename=deck.pdf` declares
     application/x-www-form-urlencoded, which was stored as the file's type (and given to
     every download)."""
-    course_id = await _course(client, auth)
+    course_id = (await make_course())["id"]
     response = await client.post(f"/api/v1/courses/{course_id}/materials?filename=deck.pdf", data=b"%PDF-1.4",
                                  headers={**auth, "Content-Type": "application/x-www-form-urlencoded"})
     assert response.status == 201 and (await response.json())["content_type"] == "application/octet-stream"
 
 
-async def test_multipart_upload_of_several_parts(small_client, auth, s3, bucket):
-    course_id = await _course(small_client, auth)
+async def test_multipart_upload_of_several_parts(small_client, auth, s3, bucket, make_course):
+    course_id = (await make_course(client=small_client))["id"]
     data = os.urandom(5 * MiB + 123_456)  # two S3 parts
     form = aiohttp.FormData()
     form.add_field("title", "ignored")
@@ -100,10 +95,10 @@ def _checksum_headers(sent: list[tuple[str, dict]]) -> list[tuple[str, str]]:
             if name.lower().startswith(("x-amz-checksum", "x-amz-sdk-checksum", "x-amz-trailer"))]
 
 
-async def test_uploads_send_no_checksum_headers_that_b2_refuses(small_client, auth, s3, bucket):
+async def test_uploads_send_no_checksum_headers_that_b2_refuses(small_client, auth, s3, bucket, make_course):
     """Backblaze B2's S3 API refuses x-amz-checksum-* headers, which botocore sends by default."""
     sent = _record_s3_requests(small_client.server.app[storage_key]._client)
-    course_id = await _course(small_client, auth)
+    course_id = (await make_course(client=small_client))["id"]
     for size in (100_000, 5 * MiB + 1):  # one put_object, then a multipart upload of two parts
         response = await small_client.post(f"/api/v1/courses/{course_id}/materials?filename=f.bin",
                                            data=os.urandom(size), headers=auth)
@@ -123,8 +118,8 @@ def test_backups_send_no_checksum_headers(settings, s3, bucket, tmp_path):
     assert _checksum_headers(sent) == []
 
 
-async def test_chunked_upload_without_content_length(small_client, auth):
-    course_id = await _course(small_client, auth)
+async def test_chunked_upload_without_content_length(small_client, auth, make_course):
+    course_id = (await make_course(client=small_client))["id"]
     chunks = [os.urandom(MiB) for _ in range(5)] + [b"tail"]
 
     async def body():
@@ -139,8 +134,8 @@ async def test_chunked_upload_without_content_length(small_client, auth):
     assert material["sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
 
 
-async def test_declared_length_over_the_limit_is_413_at_once(small_client, auth, s3, bucket):
-    course_id = await _course(small_client, auth)
+async def test_declared_length_over_the_limit_is_413_at_once(small_client, auth, s3, bucket, make_course):
+    course_id = (await make_course(client=small_client))["id"]
     response = await small_client.post(f"/api/v1/courses/{course_id}/materials?filename=big.bin",
                                        data=os.urandom(7 * MiB), headers=auth)
     assert response.status == 413
@@ -151,8 +146,8 @@ async def test_declared_length_over_the_limit_is_413_at_once(small_client, auth,
 
 
 async def test_streamed_count_over_the_limit_is_413_and_aborts_the_multipart_upload(small_client, auth, s3,
-                                                                                     bucket):
-    course_id = await _course(small_client, auth)
+                                                                                     bucket, make_course):
+    course_id = (await make_course(client=small_client))["id"]
 
     async def body():
         for _ in range(8):
@@ -167,8 +162,8 @@ async def test_streamed_count_over_the_limit_is_413_and_aborts_the_multipart_upl
     assert listed["items"] == []
 
 
-async def test_client_disconnect_mid_body_leaves_nothing(small_client, auth, s3, bucket):
-    course_id = await _course(small_client, auth)
+async def test_client_disconnect_mid_body_leaves_nothing(small_client, auth, s3, bucket, make_course):
+    course_id = (await make_course(client=small_client))["id"]
     path = f"/api/v1/courses/{course_id}/materials?filename=cut.bin"
     head = (f"POST {path} HTTP/1.1\r\nHost: test\r\nX-API-Key: {auth['X-API-Key']}\r\n"
             f"Content-Type: application/octet-stream\r\nContent-Length: {6 * MiB - 1}\r\n\r\n").encode()
@@ -193,12 +188,12 @@ async def test_client_disconnect_mid_body_leaves_nothing(small_client, auth, s3,
 
 
 async def test_an_upload_whose_course_is_deleted_midway_is_404_and_leaves_nothing(aiohttp_client, settings, auth,
-                                                                                   s3, bucket, caplog):
+                                                                                   s3, bucket, caplog, make_course):
     """Found by probing: deleting the course aborts the upload's multipart upload in S3; the
     upload then answered 503 storage_unavailable ("try again shortly") and logged an ERROR."""
     client = await aiohttp_client(await create_app(dataclasses.replace(
         settings, max_upload_bytes=20 * MiB, s3_part_bytes=5 * MiB)))
-    course_id = await _course(client, auth)
+    course_id = (await make_course(client=client))["id"]
     halfway, deleted = asyncio.Event(), asyncio.Event()
 
     async def body():
@@ -225,8 +220,8 @@ async def test_an_upload_whose_course_is_deleted_midway_is_404_and_leaves_nothin
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def test_concurrent_uploads(small_client, auth):
-    course_id = await _course(small_client, auth)
+async def test_concurrent_uploads(small_client, auth, make_course):
+    course_id = (await make_course(client=small_client))["id"]
     files = [os.urandom(MiB * 2 + i) for i in range(4)]
     responses = await asyncio.gather(*(
         small_client.post(f"/api/v1/courses/{course_id}/materials?filename=f{i}.bin", data=data, headers=auth)
@@ -236,8 +231,8 @@ async def test_concurrent_uploads(small_client, auth):
     assert digests == sorted(hashlib.sha256(d).hexdigest() for d in files)
 
 
-async def test_delete_material_removes_object_and_row(client, auth, s3, bucket):
-    course_id = await _course(client, auth)
+async def test_delete_material_removes_object_and_row(client, auth, s3, bucket, make_course):
+    course_id = (await make_course())["id"]
     material = await (await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.txt", data=b"a",
                                         headers=auth)).json()
     url = f"/api/v1/courses/{course_id}/materials/{material['id']}"
@@ -246,8 +241,8 @@ async def test_delete_material_removes_object_and_row(client, auth, s3, bucket):
     assert not [k for k in _objects(s3, bucket) if material["id"] in k]
 
 
-async def test_deleting_a_course_removes_its_files(client, auth, s3, bucket):
-    course_id = await _course(client, auth)
+async def test_deleting_a_course_removes_its_files(client, auth, s3, bucket, make_course):
+    course_id = (await make_course())["id"]
     for name in ("a.txt", "b.txt"):
         response = await client.post(f"/api/v1/courses/{course_id}/materials?filename={name}", data=b"x",
                                      headers=auth)
@@ -257,8 +252,8 @@ async def test_deleting_a_course_removes_its_files(client, auth, s3, bucket):
     assert not [k for k in _objects(s3, bucket) if course_id in k]
 
 
-async def test_other_tenants_materials_are_404(client, auth, factory):
-    course_id = await _course(client, auth)
+async def test_other_tenants_materials_are_404(client, auth, factory, make_course):
+    course_id = (await make_course())["id"]
     material = await (await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.txt", data=b"a",
                                         headers=auth)).json()
     _, other = await factory.tenant_with_key()
@@ -270,8 +265,8 @@ async def test_other_tenants_materials_are_404(client, auth, factory):
     assert (await client.get(f"{base}/{material['id']}", headers=auth)).status == 200
 
 
-async def test_raw_upload_needs_a_filename_and_form_needs_a_file(client, auth):
-    course_id = await _course(client, auth)
+async def test_raw_upload_needs_a_filename_and_form_needs_a_file(client, auth, make_course):
+    course_id = (await make_course())["id"]
     response = await client.post(f"/api/v1/courses/{course_id}/materials", data=b"x", headers=auth)
     assert response.status == 422
     assert "filename" in (await response.json())["error"]["details"]
@@ -289,9 +284,10 @@ async def test_raw_upload_needs_a_filename_and_form_needs_a_file(client, auth):
     ("multipart/form-data; boundary=b", b"not a multipart body at all"),    # no boundary line
     ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data; name=file; filename=a\r\n"),
 ])
-async def test_a_malformed_multipart_body_is_400_and_keeps_nothing(client, auth, s3, bucket, content_type, body):
+async def test_a_malformed_multipart_body_is_400_and_keeps_nothing(client, auth, s3, bucket, content_type, body,
+                                                                   make_course):
     """Found by schemathesis: these were 500s."""
-    course_id = await _course(client, auth)
+    course_id = (await make_course())["id"]
     before = _objects(s3, bucket)
     response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
                                  headers={**auth, "Content-Type": content_type})
@@ -318,8 +314,8 @@ FILE_PART = b'Content-Disposition: form-data; name="file"; filename="%s"\r\n'
      '"base64" is not supported'),
 ])
 async def test_a_form_the_upload_cannot_store_as_sent_keeps_nothing(client, auth, s3, bucket, body, status,
-                                                                    in_message):
-    course_id = await _course(client, auth)
+                                                                    in_message, make_course):
+    course_id = (await make_course())["id"]
     before = _objects(s3, bucket)
     response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
                                  headers={**auth, "Content-Type": "multipart/form-data; boundary=B0"})
@@ -337,8 +333,8 @@ async def test_a_form_the_upload_cannot_store_as_sent_keeps_nothing(client, auth
         assert response.status == 201 and (await response.json())["size_bytes"] == 5, await response.text()
 
 
-async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, bucket):
-    course_id = await _course(client, auth)
+async def test_file_name_is_cleaned_and_never_part_of_the_key(client, auth, s3, bucket, make_course):
+    course_id = (await make_course())["id"]
     response = await client.post(f"/api/v1/courses/{course_id}/materials", params={"filename": "../../etc/passwd"},
                                  data=b"x", headers=auth)
     material = await response.json()
@@ -375,9 +371,10 @@ def test_clean_content_type(declared, stored):
     assert clean_content_type(declared) == stored
 
 
-async def test_a_multipart_file_whose_name_and_type_are_not_utf8_or_ascii_is_stored(client, auth, s3, bucket):
+async def test_a_multipart_file_whose_name_and_type_are_not_utf8_or_ascii_is_stored(client, auth, s3, bucket,
+                                                                                    make_course):
     """Found by probing: both were a 500 (PostgreSQL refused the name, botocore could not sign the type)."""
-    course_id = await _course(client, auth)
+    course_id = (await make_course())["id"]
     body = (b"--B0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"\xff\xfe.txt\"\r\n"
             b"Content-Type: text/\xff\r\n\r\nhello\r\n--B0--\r\n")
     response = await client.post(f"/api/v1/courses/{course_id}/materials", data=body,
@@ -419,9 +416,9 @@ async def own_s3_client(aiohttp_client, settings):
         yield await aiohttp_client(app), server
 
 
-async def test_storage_down_upload_is_503_and_nothing_is_kept(own_s3_client, auth):
+async def test_storage_down_upload_is_503_and_nothing_is_kept(own_s3_client, auth, make_course):
     client, server = own_s3_client
-    course_id = await _course(client, auth)
+    course_id = (await make_course(client=client))["id"]
     server.stop()
     response = await client.post(f"/api/v1/courses/{course_id}/materials?filename=a.txt", data=b"abc",
                                  headers=auth)
@@ -431,9 +428,9 @@ async def test_storage_down_upload_is_503_and_nothing_is_kept(own_s3_client, aut
     assert listed["items"] == []
 
 
-async def test_storage_dying_mid_upload_is_503_and_nothing_is_kept(own_s3_client, auth):
+async def test_storage_dying_mid_upload_is_503_and_nothing_is_kept(own_s3_client, auth, make_course):
     client, server = own_s3_client
-    course_id = await _course(client, auth)
+    course_id = (await make_course(client=client))["id"]
 
     async def body():
         for i in range(12):
@@ -448,8 +445,8 @@ async def test_storage_dying_mid_upload_is_503_and_nothing_is_kept(own_s3_client
     assert listed["items"] == []
 
 
-async def test_a_part_content_type_with_control_characters_is_refused(client, auth, s3, bucket):
-    course_id = await _course(client, auth)
+async def test_a_part_content_type_with_control_characters_is_refused(client, auth, s3, bucket, make_course):
+    course_id = (await make_course())["id"]
     boundary = "b0undary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n"
             f"Content-Type: text/plain\x00evil\r\n\r\nhello\r\n--{boundary}--\r\n").encode()

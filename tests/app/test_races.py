@@ -56,13 +56,14 @@ def objects_under(s3, bucket: str, prefix: str) -> list[str]:
 
 
 @pytest.fixture
-async def course(client, factory):
+async def course(factory, make_course):
+    """A course (from make_course) with two lessons, of a tenant of its own: its id, the
+    tenant's id and key headers, the lessons' ids, and where its files are stored."""
     tenant, auth = await factory.tenant_with_key()
-    created = await (await client.post("/api/v1/courses", json={"title": "Races"}, headers=auth)).json()
-    structure = await (await client.put(f"/api/v1/courses/{created['id']}/structure", headers=auth, json={
-        "modules": [{"title": "M", "lessons": [{"title": "L1"}, {"title": "L2"}]}]})).json()
+    created = await make_course("Races", auth=auth, structure={
+        "modules": [{"title": "M", "lessons": [{"title": "L1"}, {"title": "L2"}]}]})
     return {"id": created["id"], "tenant_id": tenant["id"], "auth": auth,
-            "lessons": [lesson["id"] for lesson in structure["modules"][0]["lessons"]],
+            "lessons": [lesson["id"] for lesson in created["structure"]["modules"][0]["lessons"]],
             "prefix": course_prefix(tenant["id"], uuid.UUID(created["id"]))}
 
 

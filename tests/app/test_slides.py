@@ -6,11 +6,11 @@ import pytest
 
 
 @pytest.fixture
-async def course(client, auth):
-    created = await (await client.post("/api/v1/courses", json={"title": "Slides"}, headers=auth)).json()
-    structure = await (await client.put(f"/api/v1/courses/{created['id']}/structure", headers=auth, json={
-        "modules": [{"title": "M", "lessons": [{"title": "L1"}, {"title": "L2"}]}]})).json()
-    lessons = [lesson["id"] for lesson in structure["modules"][0]["lessons"]]
+async def course(client, auth, make_course):
+    """A course (from make_course) with two lessons and a deck: its id, the lessons' ids, the deck's id."""
+    created = await make_course("Slides", structure={
+        "modules": [{"title": "M", "lessons": [{"title": "L1"}, {"title": "L2"}]}]})
+    lessons = [lesson["id"] for lesson in created["structure"]["modules"][0]["lessons"]]
     material = await (await client.post(f"/api/v1/courses/{created['id']}/materials?filename=deck.pdf",
                                         data=b"%PDF", headers=auth)).json()
     return {"id": created["id"], "lessons": lessons, "material": material["id"]}
@@ -37,7 +37,7 @@ async def test_mapping_is_stored_sorted_and_replaced(client, auth, course):
     assert replaced["material_id"] is None and len(replaced["items"]) == 1
 
 
-async def test_a_new_structure_leaves_the_mapping_without_the_old_lessons(client, auth, course):
+async def test_a_new_structure_leaves_the_mapping_without_the_old_lessons(client, auth, course, make_course):
     """Found by probing: the mapping kept lesson ids that PUT …/structure had replaced."""
     url = f"/api/v1/courses/{course['id']}/slide-mapping"
     items = [{"slide_number": 1, "lesson_id": course["lessons"][0], "start_s": 0.0, "end_s": 30.0},
@@ -45,9 +45,8 @@ async def test_a_new_structure_leaves_the_mapping_without_the_old_lessons(client
              {"slide_number": 3, "lesson_id": course["lessons"][1], "start_s": None, "end_s": None}]
     before = await (await client.post(url, json={"material_id": course["material"], "items": items},
                                       headers=auth)).json()
-    other = await (await client.post("/api/v1/courses", json={"title": "Untouched"}, headers=auth)).json()
-    other_lessons = (await (await client.put(f"/api/v1/courses/{other['id']}/structure", headers=auth, json={
-        "modules": [{"title": "M", "lessons": [{"title": "Stays"}]}]})).json())["modules"][0]["lessons"]
+    other = await make_course("Untouched", structure={"modules": [{"title": "M", "lessons": [{"title": "Stays"}]}]})
+    other_lessons = other["structure"]["modules"][0]["lessons"]
     other_mapping = await (await client.post(f"/api/v1/courses/{other['id']}/slide-mapping", headers=auth, json={
         "items": [{"slide_number": 1, "lesson_id": other_lessons[0]["id"]}]})).json()
 
@@ -84,11 +83,9 @@ async def test_bad_items_are_422_with_field_details(client, auth, course, items,
     assert details
 
 
-async def test_lessons_and_material_must_belong_to_the_course(client, auth, course):
-    other = await (await client.post("/api/v1/courses", json={"title": "Other"}, headers=auth)).json()
-    structure = await (await client.put(f"/api/v1/courses/{other['id']}/structure", headers=auth, json={
-        "modules": [{"title": "M", "lessons": [{"title": "Elsewhere"}]}]})).json()
-    foreign_lesson = structure["modules"][0]["lessons"][0]["id"]
+async def test_lessons_and_material_must_belong_to_the_course(client, auth, course, make_course):
+    other = await make_course("Other", structure={"modules": [{"title": "M", "lessons": [{"title": "Elsewhere"}]}]})
+    foreign_lesson = other["structure"]["modules"][0]["lessons"][0]["id"]
     foreign_material = (await (await client.post(f"/api/v1/courses/{other['id']}/materials?filename=x.pdf",
                                                  data=b"x", headers=auth)).json())["id"]
     response = await client.post(f"/api/v1/courses/{course['id']}/slide-mapping", headers=auth, json={

@@ -9,15 +9,11 @@ import signal
 import aiohttp
 import pytest
 
+from tests.support.courses import create_course
 from tests.support.gunicorn import Gunicorn
 
 pytestmark = pytest.mark.gunicorn
 MiB = 1 << 20
-
-
-async def _course(session: aiohttp.ClientSession, server: Gunicorn, headers: dict, title: str) -> str:
-    async with session.post(server.url + "/api/v1/courses", json={"title": title}, headers=headers) as resp:
-        return (await resp.json())["id"]
 
 
 async def test_shutdown_mid_upload_aborts_it(app_env, factory, db, s3, bucket):
@@ -26,7 +22,7 @@ async def test_shutdown_mid_upload_aborts_it(app_env, factory, db, s3, bucket):
     env = {**app_env, "S3_PART_BYTES": str(5 * MiB), "UPLOAD_SHUTDOWN_GRACE_S": "2"}
     with Gunicorn(env, workers=1, extra_args=("--graceful-timeout", "8")) as server:
         async with aiohttp.ClientSession() as session:
-            course_id = await _course(session, server, headers, "Shutdown")
+            course_id = (await create_course(session, server.url, headers, "Shutdown"))["id"]
             sent = asyncio.Event()
 
             async def body():
@@ -65,7 +61,7 @@ async def test_upload_that_finishes_within_the_grace_period_is_kept(app_env, fac
     env = {**app_env, "S3_PART_BYTES": str(5 * MiB), "UPLOAD_SHUTDOWN_GRACE_S": "5"}
     with Gunicorn(env, workers=1, extra_args=("--graceful-timeout", "10")) as server:
         async with aiohttp.ClientSession() as session:
-            course_id = await _course(session, server, headers, "Grace")
+            course_id = (await create_course(session, server.url, headers, "Grace"))["id"]
             halfway, stopping = asyncio.Event(), asyncio.Event()
 
             async def body():

@@ -24,11 +24,6 @@ async def _one_slot_client(aiohttp_client, settings, wait_s: int):
         settings, uploads_per_worker=1, upload_queue_wait_s=wait_s, s3_part_bytes=5 * MiB)))
 
 
-async def _course(client, auth) -> str:
-    response = await client.post("/api/v1/courses", json={"title": "Slots"}, headers=auth)
-    return (await response.json())["id"]
-
-
 def _keys(s3, bucket: str, course_id: str) -> list[str]:
     objects = s3.client().list_objects_v2(Bucket=bucket, Prefix="tenants/").get("Contents", [])
     uploads = s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
@@ -50,9 +45,10 @@ def _held_upload(client, auth, course_id: str, name: str):
     return response, started, release
 
 
-async def test_an_upload_waits_for_a_free_slot_then_is_stored(aiohttp_client, settings, auth, s3, bucket):
+async def test_an_upload_waits_for_a_free_slot_then_is_stored(aiohttp_client, settings, auth, s3, bucket,
+                                                               make_course):
     client = await _one_slot_client(aiohttp_client, settings, wait_s=60)
-    course_id = await _course(client, auth)
+    course_id = (await make_course(client=client))["id"]
     first, started, release = _held_upload(client, auth, course_id, "first.bin")
     await asyncio.wait_for(started.wait(), 10)
     second = asyncio.ensure_future(client.post(
@@ -69,9 +65,9 @@ async def test_an_upload_waits_for_a_free_slot_then_is_stored(aiohttp_client, se
 
 
 async def test_an_upload_that_waits_too_long_is_503_uploads_busy_and_keeps_nothing(aiohttp_client, settings, auth,
-                                                                                    s3, bucket):
+                                                                                    s3, bucket, make_course):
     client = await _one_slot_client(aiohttp_client, settings, wait_s=1)
-    course_id = await _course(client, auth)
+    course_id = (await make_course(client=client))["id"]
     first, started, release = _held_upload(client, auth, course_id, "first.bin")
     await asyncio.wait_for(started.wait(), 10)
     began = time.monotonic()
@@ -151,10 +147,11 @@ async def test_slots_are_given_back_after_timeouts_and_cancelled_waits(storage):
     assert await _slot_is_free(storage)
 
 
-async def test_every_part_slot_is_given_back_after_uploads_succeed_and_fail(aiohttp_client, settings, auth):
+async def test_every_part_slot_is_given_back_after_uploads_succeed_and_fail(aiohttp_client, settings, auth,
+                                                                            make_course):
     client = await aiohttp_client(await create_app(dataclasses.replace(
         settings, max_upload_bytes=12 * MiB, s3_part_bytes=5 * MiB)))
-    course_id = await _course(client, auth)
+    course_id = (await make_course(client=client))["id"]
     ok = [client.post(f"/api/v1/courses/{course_id}/materials?filename=ok{i}.bin", data=os.urandom(11 * MiB),
                       headers=auth) for i in range(3)]
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
-import boto3
 import pytest
 import testinfra
 
 from tests.localvps import machine
-from tests.localvps.layout import HOST_ADDRESS, ROOT, S3_CREDENTIALS, S3_PORT, SSH_CONFIG, VPS_JSON
+from tests.localvps.layout import ROOT, SSH_CONFIG, VPS_JSON
+from tests.support.vps import Curl
 
 LOCALVPS = [sys.executable, "-m", "tests.localvps"]
 # The first appliance test also waits for the VPS to be built and provisioned.
@@ -53,52 +52,8 @@ def host(vps):
     return testinfra.get_host("ssh://local-vps", ssh_config=str(SSH_CONFIG))
 
 
-class Curl:
-    """curl against the VPS the way the contract says: --resolve to its address, its CA, no -k."""
-
-    def __init__(self, vps: dict) -> None:
-        self.vps = vps
-
-    def __call__(self, path: str, *args: str, scheme: str = "https",
-                 max_time: int = 30) -> tuple[int, dict[str, str], str]:
-        port = 443 if scheme == "https" else 80
-        out = subprocess.run(
-            ["curl", "-sS", "--max-time", str(max_time), "--resolve", f"{self.vps['domain']}:{port}:{self.vps['address']}",
-             "--cacert", self.vps["ca_cert"], "-D", "-", *args, f"{scheme}://{self.vps['domain']}{path}"],
-            capture_output=True, text=True, timeout=max_time + 30, check=True).stdout
-        head, _, body = out.partition("\n\n")  # text mode has turned CRLF into LF
-        status_line, *header_lines = head.splitlines()
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-        return int(status_line.split()[1]), headers, body
-
-    def json(self, path: str, *args: str, **options) -> tuple[int, object]:
-        status, _, body = self(path, *args, **options)
-        return status, json.loads(body)
-
-
 @pytest.fixture(scope="session")
 def curl(vps) -> Curl:
-    return Curl(vps)
+    """HTTPS to the VPS as a client: its domain, resolved to its address, its CA."""
+    return Curl(vps["domain"], vps["address"], vps["ca_cert"])
 
-
-def s3_client():
-    """boto3 at the host-side S3 server the VPS stores its materials and backups in."""
-    return boto3.client("s3", endpoint_url=f"http://{HOST_ADDRESS}:{S3_PORT}", region_name="us-east-1",
-                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
-
-
-def psql(host, sql: str, database: str = "postgres") -> str:
-    """One statement's rows on the VPS, as psql's unaligned output, run as the postgres user."""
-    return host.check_output("runuser -u postgres -- psql -X -q -t -A -d %s -c %s", database, sql)
-
-
-def wait_for(predicate, timeout: float, interval: float = 2.0):
-    """Poll until ``predicate()`` is truthy (returned) or ``timeout`` seconds pass (None)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    return None

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .conftest import wait_for
-
-ALERT_WAIT_S = 120
-
-
-def _messages(path: Path, after: int) -> list[dict]:
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line) for line in lines[after:]]
-
-
-def _count(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
+from tests.support.telegram_log import ALERT_WAIT_S, count_messages, messages_since
+from tests.support.vps import wait_for
 
 
 def test_stopping_the_app_alerts_telegram_and_recovers(host, vps, curl):
     log = Path(vps["telegram_log"])
-    before = _count(log)
+    before = count_messages(log)
     host.run_expect([0], "systemctl stop course-supporter")
     try:
-        critical = wait_for(lambda: [m for m in _messages(log, before)
+        critical = wait_for(lambda: [m for m in messages_since(log, before)
                                      if "course-supporter" in m["text"] and "critical" in m["text"].lower()],
                             ALERT_WAIT_S)
         assert critical, f"no critical alert naming course-supporter within {ALERT_WAIT_S}s"
@@ -32,7 +21,7 @@ def test_stopping_the_app_alerts_telegram_and_recovers(host, vps, curl):
     finally:
         host.run_expect([0], "systemctl start course-supporter")
     assert wait_for(lambda: curl("/health")[0] == 200, 60)
-    recovered = wait_for(lambda: [m for m in _messages(log, before)
+    recovered = wait_for(lambda: [m for m in messages_since(log, before)
                                   if "course-supporter" in m["text"] and "recovered" in m["text"].lower()],
                          ALERT_WAIT_S)
     assert recovered, f"no recovery message within {ALERT_WAIT_S}s"
@@ -43,7 +32,7 @@ def test_test_alarms_reach_telegram_with_the_token_never_on_a_command_line(host,
     line, which any local user can read in /proc while an alert goes out. Netdata's test
     alarms run here with a `curl` first on PATH that records its command line."""
     log = Path(vps["telegram_log"])
-    before = _count(log)
+    before = count_messages(log)
     token = host.check_output("sed -n 's/^TELEGRAM_BOT_TOKEN=\"\\(.*\\)\"$/\\1/p' /etc/netdata/health_alarm_notify.conf")
     assert ":" in token  # a bot token: "<bot id>:<secret>"
     recorder = host.check_output("mktemp -d")
@@ -58,6 +47,6 @@ def test_test_alarms_reach_telegram_with_the_token_never_on_a_command_line(host,
         host.run(f"rm -rf {recorder}")
     assert token not in command_lines and "/bot" not in command_lines
     assert "--config -" in command_lines
-    messages = wait_for(lambda: [m for m in _messages(log, before) if "test alarm" in m["text"]], 30)
-    assert messages and len(messages) >= 3, _messages(log, before)
+    messages = wait_for(lambda: [m for m in messages_since(log, before) if "test alarm" in m["text"]], 30)
+    assert messages and len(messages) >= 3, messages_since(log, before)
     assert all(m["parse_mode"] == "HTML" and m["chat_id"] for m in messages)

@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 
 from tests.localvps.layout import ROOT, S3_BUCKET
-
-from .conftest import s3_client, wait_for
-from .test_alerting import ALERT_WAIT_S, _count, _messages
+from tests.support.telegram_log import ALERT_WAIT_S, count_messages, messages_since
+from tests.support.vps import s3_client, wait_for
 
 
 def test_the_backup_timer_is_daily_with_a_random_delay(host):
@@ -37,10 +36,10 @@ def test_make_vps_backup_stores_a_restorable_dump(host):
 
 def test_a_failed_backup_alerts_telegram_and_recovers(host, vps):
     log = Path(vps["telegram_log"])
-    before = _count(log)
+    before = count_messages(log)
 
     def messages(word: str) -> list[dict]:
-        return [m for m in _messages(log, before) if "backup" in m["text"] and word in m["text"].lower()]
+        return [m for m in messages_since(log, before) if "backup" in m["text"] and word in m["text"].lower()]
 
     dropin = "/run/systemd/system/course-supporter-backup.service.d"
     host.run_expect([0], f"mkdir -p {dropin} && printf '[Service]\\nExecStart=\\nExecStart=/bin/sh -c "

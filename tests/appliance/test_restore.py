@@ -15,7 +15,7 @@ import urllib.request
 from tests.localvps.layout import ROOT, S3_BUCKET
 from tests.support.pg import FINGERPRINT_SQL
 
-from .conftest import psql, s3_client
+from tests.support.vps import psql, s3_client
 
 PROBE_INTERVAL_S = 0.25
 PROBE_MAX = 4000  # bounded: ~17 minutes of probing at most

@@ -15,6 +15,7 @@ import pytest
 
 from tests.localvps.layout import HOST_ADDRESS, LLM_PORT
 from tests.support import llm_server
+from tests.support.pdf import make_pdf
 
 TEST_SERVER = f"http://{HOST_ADDRESS}:{LLM_PORT}/v1"
 
@@ -86,8 +87,6 @@ def test_homework_progress_and_cost_report(api):
 
 def test_a_pdf_material_is_read_for_structure_generation(api, curl, vps, provider_is_test_server, tmp_path):
     """PDFs are read in a child process (app.pdf_reader): the service's sandbox must let it run."""
-    from tests.app.test_llm_features import make_pdf
-
     phrase = f"Orbital mechanics {uuid.uuid4().hex[:8]}"
     pdf = tmp_path / "deck.pdf"
     pdf.write_bytes(make_pdf(phrase, "Second page"))

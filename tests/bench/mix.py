@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from app.migrate import apply_migrations
+from tests.support.courses import create_course
 from tests.support.gunicorn import Gunicorn
 from tests.support.keys import unlimited_key_command
 from tests.support.pg import PostgresCluster
@@ -160,9 +161,7 @@ async def _drive_vps(vps: dict, key: str) -> dict:
     connector = aiohttp.TCPConnector(limit=CONNECTIONS, resolver=_PinnedResolver(vps["domain"], vps["address"]),
                                      ssl=ssl.create_default_context(cafile=vps["ca_cert"]))
     async with aiohttp.ClientSession(connector=connector, connector_owner=False) as session:
-        async with session.post(f"{url}/api/v1/courses", json={"title": "Bench mix"},
-                                headers={"X-API-Key": key}) as resp:
-            course_id = (await resp.json())["id"]
+        course_id = (await create_course(session, url, {"X-API-Key": key}, "Bench mix"))["id"]
     return await _drive(url, key, course_id, connector)
 
 

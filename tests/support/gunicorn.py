@@ -10,8 +10,7 @@ import time
 import urllib.request
 
 from .net import Service, free_port, stop_process, wait_for_port
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .paths import REPO_ROOT
 
 
 class Gunicorn(Service):

@@ -1,0 +1,20 @@
+"""The messages the local VPS's fake Telegram Bot API received (tests/localvps/telegram.py):
+one JSON object per line of its log, read from the host."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# How long Netdata may take to send an alert (or its recovery) after the cause.
+ALERT_WAIT_S = 120
+
+
+def count_messages(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def messages_since(path: Path, after: int) -> list[dict]:
+    """The messages after the first ``after`` (a ``count_messages`` taken earlier)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines[after:]]
