@@ -5,6 +5,8 @@
 #   make vps-restore BACKUP=latest  restore its database from a backup in that bucket
 #   make vps-down  stop and remove it, and the host-side servers it uses
 #   make test   every test (installs what it needs first)
+#   make check INVENTORY=<dir>  read-only checks of a deployment (ARGS=--ask-vault-pass for a vault)
+#   make docs   regenerate docs/configuration.md from app/config.py
 #   make dev    the app on localhost with a throwaway Postgres and S3 server
 #   make bench  benchmarks in tests/bench/, printing their figures
 #   make fuzz   the API fuzzing of make test, with many more examples
@@ -19,10 +21,12 @@ TEST_USER  := cs-test
 APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk \
 	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl
 
-.PHONY: help deps apt-packages test-user test dev bench fuzz vps vps-upgrade vps-backup vps-restore vps-down
+.PHONY: help deps apt-packages test-user test check docs dev bench fuzz vps vps-upgrade vps-backup vps-restore vps-down
 
 help:
 	@echo "make test    run every test (installs prerequisites first)"
+	@echo "make check INVENTORY=<dir>  read-only checks of a deployment over SSH and HTTPS (default: inventory/local)"
+	@echo "make docs    regenerate docs/configuration.md from the settings in app/config.py"
 	@echo "make dev     app on http://127.0.0.1:8080 with throwaway Postgres + S3 and a demo key"
 	@echo "make bench   run the benchmarks in tests/bench/"
 	@echo "make fuzz    fuzz the API from its OpenAPI document, longer than make test does"
@@ -55,6 +59,15 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 
 test: deps
 	$(VENV_PY) -m pytest
+
+# The read-only checks of a deployment (tests/appliance/checks/): over SSH as the inventory
+# connects, and over HTTPS from here. ARGS passes options to Ansible, e.g. --ask-vault-pass.
+INVENTORY ?= inventory/local
+check: $(VENV)/.installed
+	$(VENV_PY) -m tests.support.deployment $(INVENTORY) $(ARGS)
+
+docs: $(VENV)/.installed
+	$(VENV_PY) -m tests.support.configuration_doc
 
 dev: deps
 	$(VENV_PY) -m tests.support.devstack

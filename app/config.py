@@ -1,19 +1,25 @@
-"""Settings read from the environment (CONTRACT.md section 1).
+"""Settings read from the environment: each declared once, here.
 
-Every variable is parsed once, at start-up, into a frozen dataclass. A missing
-or malformed variable raises ``ConfigError`` whose single-line message names
-the variable; the entry points turn it into one clear line and exit 1.
+Every setting is a field of a frozen dataclass declared with ``setting(...)``:
+its environment variable, type (the annotation), default, the values it accepts
+(its parser) and what it means. ``docs/configuration.md`` is generated from these
+declarations (``make docs``). A missing or malformed variable raises
+``ConfigError`` whose single-line message names the variable; the entry points
+turn it into one clear line and exit 1. ``python -m app.config FILE`` checks an
+environment file the same way (the app role validates the one it writes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from botocore.handlers import VALID_BUCKET
@@ -27,6 +33,18 @@ class ConfigError(Exception):
         super().__init__(f"configuration error: {variable} {problem}")
         self.variable = variable
 
+
+def accepts(description: str):
+    """Say, for the docs, which values a parser takes."""
+
+    def mark(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+        parse.accepts = description
+        return parse
+
+    return mark
+
+
+# --- parsers: a value's text in, the value out, ValueError naming the problem ----
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -62,6 +80,7 @@ def _shown(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
+@accepts("`postgresql://user:pass@host:port/db` (libpq's `?host=`/`?port=` in the query too; no host: the local socket)")
 def _database_url(value: str) -> str:
     if not value.isprintable():
         raise ValueError("has a character that is not printable")
@@ -83,6 +102,7 @@ def _database_url(value: str) -> str:
     return value
 
 
+@accepts("an `http://` or `https://` URL (a trailing `/` is dropped)")
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -95,6 +115,7 @@ def _http_url(value: str) -> str:
 _REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
 
 
+@accepts("a region name: letters, digits and `-`, at most 63")
 def _region(value: str) -> str:
     if not _REGION.fullmatch(value):
         raise ValueError(f"is not a region name: {value!r}")
@@ -115,6 +136,9 @@ WEEK_S = 7 * 24 * 3600
 # S3 takes at most 10,000 parts per upload: with parts of S3_PART_BYTES, that is the
 # largest file an upload can store.
 S3_MAX_PARTS = 10_000
+# S3 wants parts of at least 5 MiB (all but the last one), and at most 5 GiB.
+MIN_S3_PART_BYTES = 5 << 20
+MAX_S3_PART_BYTES = 5 << 30
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -134,7 +158,8 @@ def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], in
             raise ValueError(f"must be <= {maximum}, got {number}")
         return number
 
-    return parse
+    return accepts(f"an integer from {minimum:,} to {maximum:,}" if maximum is not None
+                   else f"an integer, {minimum:,} or more")(parse)
 
 
 def positive_seconds(maximum: float) -> Callable[[str], float]:
@@ -150,9 +175,10 @@ def positive_seconds(maximum: float) -> Callable[[str], float]:
             raise ValueError(f"must be <= {maximum:g}, got {_shown(value)}")
         return number
 
-    return parse
+    return accepts(f"seconds (a decimal number), above 0 and at most {maximum:g}")(parse)
 
 
+@accepts("comma-separated origins `scheme://host[:port]` (nothing after), or `*`")
 def _origins(value: str) -> tuple[str, ...]:
     """Origins as browsers send them: scheme://host[:port], nothing after (or ``*``)."""
     origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
@@ -164,6 +190,7 @@ def _origins(value: str) -> tuple[str, ...]:
     return origins
 
 
+@accepts(f"one of {', '.join(f'`{level}`' for level in _LOG_LEVELS)} (any case)")
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in _LOG_LEVELS:
@@ -171,16 +198,19 @@ def _log_level(value: str) -> str:
     return level
 
 
+@accepts("text")
 def _text(value: str) -> str:
     return value
 
 
+@accepts("a bucket name as botocore takes it: letters, digits, `.`, `-`, `_`; 1 to 255")
 def _bucket(value: str) -> str:
     if not VALID_BUCKET.fullmatch(value):  # botocore refuses every request to such a bucket
         raise ValueError(f"is not a bucket name (letters, digits, '.', '-', '_'; 1-255): {_shown(value)}")
     return value
 
 
+@accepts("one Fernet key, or several comma-separated during a rotation (the first encrypts, all decrypt)")
 def _encryption_keys(value: str) -> tuple[str, ...]:
     """One Fernet key, or several comma-separated during a rotation (the first encrypts)."""
     keys = tuple(k.strip() for k in value.split(",") if k.strip())
@@ -193,6 +223,8 @@ def _encryption_keys(value: str) -> tuple[str, ...]:
     return keys
 
 
+@accepts('the path of a JSON file `{"<model>": {"input_per_1m": USD, "output_per_1m": USD}}`, '
+         "prices finite and not negative")
 def _price_file(value: str) -> dict[str, tuple[float, float]]:
     """LLM_PRICES: {"<model>": {"input_per_1m": USD, "output_per_1m": USD}}."""
     try:
@@ -215,6 +247,7 @@ def _price_file(value: str) -> dict[str, tuple[float, float]]:
     return prices
 
 
+@accepts("comma-separated networks in CIDR notation, e.g. `10.20.0.0/16, fd00::/8`")
 def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     try:
         return tuple(ipaddress.ip_network(item.strip()) for item in value.split(",") if item.strip())
@@ -222,130 +255,274 @@ def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
         raise ValueError(f"must be comma-separated networks such as 10.0.0.0/8 ({exc})") from None
 
 
-def _read(env: Mapping[str, str], name: str, parse: Callable, default=None, required=False):
-    raw = env.get(name, "")
-    if raw.strip() == "":
-        if required:
-            raise ConfigError(name, "is required but not set")
-        return default
-    try:
-        return parse(raw.strip())
-    except ValueError as exc:
-        raise ConfigError(name, str(exc)) from None
+# --- the declarations ---------------------------------------------------------
 
-
-def encryption_keys_from_env(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
-    """APP_ENCRYPTION_KEY on its own (the admin CLI's key rotation needs nothing else)."""
-    return _read(os.environ if env is None else env, "APP_ENCRYPTION_KEY", _encryption_keys, required=True)
+# The docs' sections, in this order.
+GROUPS = ("Database and keys", "Storage (S3)", "Uploads", "LLM providers", "HTTP and logging")
 
 
 @dataclass(frozen=True)
-class DatabaseSettings:
-    """What the admin CLI needs: the database and the defaults for new keys."""
+class Setting:
+    """One environment variable: how it is read and what it means."""
 
-    database_url: str
-    rate_limit_prep_per_min: int = 60
-    rate_limit_check_per_min: int = 300
+    name: str
+    parse: Callable[[str], Any]
+    doc: str
+    group: str
+    default: Any = None  # when the variable is unset or blank
+    required: bool = False
+    secret: bool = False  # never shown (repr, docs examples)
+    shown_default: str | None = None  # the docs' words for the default, where the value alone would not say it
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        raw = env.get(self.name, "")
+        if raw.strip() == "":
+            if self.required:
+                raise ConfigError(self.name, "is required but not set")
+            return self.default
+        try:
+            return self.parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(self.name, str(exc)) from None
+
+
+def setting(name: str, parse: Callable[[str], Any], doc: str, *, group: str, default: Any = None,
+            required: bool = False, secret: bool = False, shown_default: str | None = None) -> Any:
+    """A settings field read from the environment variable ``name``."""
+    assert group in GROUPS, group
+    spec = Setting(name, parse, doc, group, default, required, secret, shown_default)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), repr=not secret, metadata={"setting": spec})
+    return field(default=default, repr=not secret, metadata={"setting": spec})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule between settings, checked after each was read."""
+
+    doc: str
+    check: Callable[[Mapping[str, Any]], None]
+
+
+# Read by boto3 itself (its credential chain and region); the app only checks the region.
+READ_BY_BOTO3 = (
+    Setting("AWS_ACCESS_KEY_ID", _text, "S3 access key id, read by boto3 (its usual chain: this variable, "
+            "`~/.aws/credentials`, instance metadata).", "Storage (S3)", shown_default="boto3's chain"),
+    Setting("AWS_SECRET_ACCESS_KEY", _text, "S3 secret access key, read by boto3 like `AWS_ACCESS_KEY_ID`.",
+            "Storage (S3)", secret=True, shown_default="boto3's chain"),
+    Setting("AWS_DEFAULT_REGION", _region, "The S3 region, read by boto3 (e.g. `eu-central-003` for Backblaze B2); "
+            "checked at start-up, since boto3 would refuse a malformed one in every worker.", "Storage (S3)",
+            default="us-east-1", shown_default="`us-east-1` (boto3's for S3)"),
+)
+
+
+class _FromEnv:
+    """``from_env`` for a settings dataclass whose fields were declared with ``setting``."""
+
+    RULES: tuple[Rule, ...] = ()
+    CHECKED: tuple[Setting, ...] = ()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "DatabaseSettings":
+    def declared(cls) -> Iterator[tuple[str | None, Setting]]:
+        """(attribute or None, setting) for every variable the class reads or checks."""
+        for f in dataclasses.fields(cls):
+            if "setting" in f.metadata:
+                yield f.name, f.metadata["setting"]
+        for spec in cls.CHECKED:
+            yield None, spec
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
-        return cls(**_database_fields(env))
+        values = {}
+        for attribute, spec in cls.declared():
+            value = spec.read(env)
+            if attribute is not None:
+                values[attribute] = value
+        for rule in cls.RULES:
+            rule.check(values)
+        return cls(**values)
 
 
-# 0 would make a key that can never be used (the key's scopes say what it may not do).
-_RATE_LIMIT = whole_number(1, MAX_RATE_LIMIT_PER_MIN)
-
-
-def _database_fields(env: Mapping[str, str]) -> dict:
-    return {
-        "database_url": _read(env, "DATABASE_URL", _database_url, required=True),
-        "rate_limit_prep_per_min": _read(env, "RATE_LIMIT_PREP_PER_MIN", _RATE_LIMIT, 60),
-        "rate_limit_check_per_min": _read(env, "RATE_LIMIT_CHECK_PER_MIN", _RATE_LIMIT, 300),
-    }
-
-
-def _fallback_fields(env: Mapping[str, str]) -> dict:
-    base_url = _read(env, "LLM_FALLBACK_BASE_URL", _http_url, None)
-    api_key = _read(env, "LLM_FALLBACK_API_KEY", _text, None)
+def _fallback_complete(values: Mapping[str, Any]) -> None:
+    base_url, api_key, model = (values["llm_fallback_base_url"], values["llm_fallback_api_key"],
+                                values["llm_fallback_model"])
     if base_url and not api_key:
         raise ConfigError("LLM_FALLBACK_API_KEY", "is required when LLM_FALLBACK_BASE_URL is set")
     if api_key and not base_url:
         raise ConfigError("LLM_FALLBACK_BASE_URL", "is required when LLM_FALLBACK_API_KEY is set")
-    model = _read(env, "LLM_FALLBACK_MODEL", _text, None)
     if model and not base_url:
         raise ConfigError("LLM_FALLBACK_BASE_URL", "is required when LLM_FALLBACK_MODEL is set")
-    return {"llm_fallback_base_url": base_url, "llm_fallback_api_key": api_key, "llm_fallback_model": model}
 
 
-def _upload_fields(env: Mapping[str, str]) -> dict:
-    # S3 wants parts of at least 5 MiB (all but the last one), and at most 5 GiB.
-    part_bytes = _read(env, "S3_PART_BYTES", whole_number(5 << 20, 5 << 30), 5 << 20)
-    most = part_bytes * S3_MAX_PARTS
-    max_upload_bytes = _read(env, "MAX_UPLOAD_BYTES", whole_number(1), 1 << 30)
-    if max_upload_bytes > most:
-        raise ConfigError("MAX_UPLOAD_BYTES", f"must be <= {most} (S3_PART_BYTES x {S3_MAX_PARTS:,} parts, the "
-                                              f"most S3 takes), got {max_upload_bytes}; raise S3_PART_BYTES")
-    return {"max_upload_bytes": max_upload_bytes, "s3_part_bytes": part_bytes}
+def _upload_fits_in_parts(values: Mapping[str, Any]) -> None:
+    most = values["s3_part_bytes"] * S3_MAX_PARTS
+    if values["max_upload_bytes"] > most:
+        raise ConfigError("MAX_UPLOAD_BYTES", f"must be <= {most} (S3_PART_BYTES x {S3_MAX_PARTS:,} parts, the most "
+                                              f"S3 takes), got {values['max_upload_bytes']}; raise S3_PART_BYTES")
 
 
-@dataclass(frozen=True)
+# 0 would make a key that can never be used (the key's scopes say what it may not do).
+_RATE_LIMIT = whole_number(1, MAX_RATE_LIMIT_PER_MIN)
+_DATABASE = "Database and keys"
+_S3 = "Storage (S3)"
+_UPLOADS = "Uploads"
+_LLM = "LLM providers"
+_HTTP = "HTTP and logging"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings(_FromEnv):
+    """What the admin CLI needs: the database and the defaults for new keys."""
+
+    database_url: str = setting(
+        "DATABASE_URL", _database_url, "The PostgreSQL database of the app.", group=_DATABASE, required=True,
+        secret=True)
+    rate_limit_prep_per_min: int = setting(
+        "RATE_LIMIT_PREP_PER_MIN", _RATE_LIMIT, "The `prep` requests a minute of a key issued without "
+        "`--rate-limit-prep` (keys keep the limit they were issued with).", group=_DATABASE, default=60)
+    rate_limit_check_per_min: int = setting(
+        "RATE_LIMIT_CHECK_PER_MIN", _RATE_LIMIT, "The `check` requests a minute of a key issued without "
+        "`--rate-limit-check`.", group=_DATABASE, default=300)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings(DatabaseSettings):
     """Everything the web app reads from its environment."""
 
-    s3_bucket: str = ""
-    s3_endpoint_url: str | None = None
-    openai_api_key: str | None = field(default=None, repr=False)
-    openai_base_url: str = "https://api.openai.com/v1"
-    llm_model: str = "gpt-4o-mini"
-    llm_timeout_s: float = 30.0
-    llm_max_retries: int = 3
-    llm_fallback_base_url: str | None = None
-    llm_fallback_api_key: str | None = field(default=None, repr=False)
-    llm_fallback_model: str | None = None
-    llm_prices: dict[str, tuple[float, float]] = field(default_factory=dict)
-    app_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
-    # Non-public networks a tenant's own provider (BYOK) may nevertheless be in.
-    llm_byok_allowed_networks: tuple = ()
-    max_upload_bytes: int = 1 << 30
-    s3_part_bytes: int = 5 << 20
-    s3_parts_in_flight: int = 6
-    uploads_per_worker: int = 8
-    upload_queue_wait_s: int = 300
-    download_url_ttl_s: int = 900
-    upload_orphan_age_s: int = 3600
-    upload_sweep_interval_s: int = 600
-    upload_shutdown_grace_s: int = 20
-    cors_origins: tuple[str, ...] = field(default_factory=tuple)
-    log_level: str = "INFO"
+    CHECKED = READ_BY_BOTO3
+    RULES = (
+        Rule("`LLM_FALLBACK_BASE_URL` and `LLM_FALLBACK_API_KEY` are set together or not at all, and "
+             "`LLM_FALLBACK_MODEL` only with them.", _fallback_complete),
+        Rule(f"`MAX_UPLOAD_BYTES` is at most `S3_PART_BYTES` x {S3_MAX_PARTS:,} (the most parts S3 takes in one "
+             "upload): raise `S3_PART_BYTES` for larger files.", _upload_fits_in_parts),
+    )
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-        _read(env, "AWS_DEFAULT_REGION", _region)  # boto3 reads it itself; checked here for the one clear line
-        return cls(
-            **_database_fields(env),
-            s3_bucket=_read(env, "S3_BUCKET", _bucket, required=True),
-            s3_endpoint_url=_read(env, "S3_ENDPOINT_URL", _http_url, None),
-            openai_api_key=_read(env, "OPENAI_API_KEY", _text, None),
-            openai_base_url=_read(env, "OPENAI_BASE_URL", _http_url, "https://api.openai.com/v1"),
-            llm_model=_read(env, "LLM_MODEL", _text, "gpt-4o-mini"),
-            llm_timeout_s=_read(env, "LLM_TIMEOUT_S", positive_seconds(MAX_LLM_TIMEOUT_S), 30.0),
-            llm_max_retries=_read(env, "LLM_MAX_RETRIES", whole_number(0, MAX_LLM_RETRIES), 3),
-            **_fallback_fields(env),
-            llm_prices=_read(env, "LLM_PRICES", _price_file, {}),
-            app_encryption_keys=_read(env, "APP_ENCRYPTION_KEY", _encryption_keys, ()),
-            llm_byok_allowed_networks=_read(env, "LLM_BYOK_ALLOWED_NETWORKS", _networks, ()),
-            **_upload_fields(env),
-            s3_parts_in_flight=_read(env, "S3_PARTS_IN_FLIGHT", whole_number(1, MAX_S3_PARTS_IN_FLIGHT), 6),
-            uploads_per_worker=_read(env, "UPLOADS_PER_WORKER", whole_number(1, MAX_UPLOADS_PER_WORKER), 8),
-            upload_queue_wait_s=_read(env, "UPLOAD_QUEUE_WAIT_S", whole_number(0, MAX_UPLOAD_QUEUE_WAIT_S), 300),
-            # A pre-signed URL (signature v4) lives at most a week.
-            download_url_ttl_s=_read(env, "DOWNLOAD_URL_TTL_S", whole_number(1, WEEK_S), 900),
-            upload_orphan_age_s=_read(env, "UPLOAD_ORPHAN_AGE_S", whole_number(0, 52 * WEEK_S), 3600),
-            upload_sweep_interval_s=_read(env, "UPLOAD_SWEEP_INTERVAL_S", whole_number(1, WEEK_S), 600),
-            upload_shutdown_grace_s=_read(env, "UPLOAD_SHUTDOWN_GRACE_S",
-                                          whole_number(0, MAX_UPLOAD_SHUTDOWN_GRACE_S), 20),
-            cors_origins=_read(env, "CORS_ORIGINS", _origins, ()),
-            log_level=_read(env, "LOG_LEVEL", _log_level, "INFO"),
-        )
+    s3_bucket: str = setting(
+        "S3_BUCKET", _bucket, "The bucket that holds uploaded materials (and the database backups, under "
+        "`backups/`).", group=_S3, required=True)
+    s3_endpoint_url: str | None = setting(
+        "S3_ENDPOINT_URL", _http_url, "An S3-compatible endpoint (Backblaze B2, MinIO, a test server).", group=_S3,
+        shown_default="unset: AWS S3")
+    openai_api_key: str | None = setting(
+        "OPENAI_API_KEY", _text, "The API key of the server's LLM provider.", group=_LLM, secret=True,
+        shown_default="unset: calls go to the fallback if one is set, else answer 503 `llm_not_configured` "
+        "unless the tenant has its own provider")
+    openai_base_url: str = setting(
+        "OPENAI_BASE_URL", _http_url, "The server's OpenAI-compatible provider.", group=_LLM,
+        default="https://api.openai.com/v1")
+    llm_model: str = setting(
+        "LLM_MODEL", _text, "The chat model of calls that name none.", group=_LLM, default="gpt-4o-mini")
+    llm_timeout_s: float = setting(
+        "LLM_TIMEOUT_S", positive_seconds(MAX_LLM_TIMEOUT_S), "The time each attempt of an LLM call may take.",
+        group=_LLM, default=30.0)
+    llm_max_retries: int = setting(
+        "LLM_MAX_RETRIES", whole_number(0, MAX_LLM_RETRIES), "Retries after the first attempt, per provider "
+        "(connection errors, timeouts, 408/409/429, 5xx; exponential backoff with jitter, `Retry-After` honoured).",
+        group=_LLM, default=3)
+    llm_fallback_base_url: str | None = setting(
+        "LLM_FALLBACK_BASE_URL", _http_url, "A second OpenAI-compatible provider, tried when the first still fails "
+        "with a retryable error after its retries.", group=_LLM, shown_default="unset: no fallback")
+    llm_fallback_api_key: str | None = setting(
+        "LLM_FALLBACK_API_KEY", _text, "The fallback provider's API key.", group=_LLM, secret=True)
+    llm_fallback_model: str | None = setting(
+        "LLM_FALLBACK_MODEL", _text, "The model asked of the fallback provider.", group=_LLM,
+        shown_default="the model of the call")
+    llm_prices: dict[str, tuple[float, float]] = setting(
+        "LLM_PRICES", _price_file, "Prices that extend or override the built-in table of OpenAI models (USD per "
+        "million tokens); an unpriced model costs 0 and is logged once. On the appliance the file must be on the "
+        "server, readable by the app's user.", group=_LLM, default={},
+        shown_default="the built-in table")
+    app_encryption_keys: tuple[str, ...] = setting(
+        "APP_ENCRYPTION_KEY", _encryption_keys, "Encrypts tenants' own provider keys (BYOK) at rest. Make one with "
+        "`course-supporter-admin encryption new-key`; rotation: docs/operations.md.", group=_LLM, default=(),
+        secret=True, shown_default="unset: `PUT /api/v1/settings/llm` answers 503 `encryption_unavailable`")
+    llm_byok_allowed_networks: tuple = setting(
+        "LLM_BYOK_ALLOWED_NETWORKS", _networks, "Non-public networks a tenant's own provider may nevertheless be in "
+        "(an in-house model server). Otherwise only public addresses are allowed, so that no tenant can make the "
+        "server call into its own network.", group=_LLM, default=(), shown_default="none")
+    max_upload_bytes: int = setting(
+        "MAX_UPLOAD_BYTES", whole_number(1), "The largest material accepted; larger is a 413 and nothing is kept. "
+        "nginx's body limit is derived from it.", group=_UPLOADS, default=1 << 30,
+        shown_default="`1073741824` (1 GiB)")
+    s3_part_bytes: int = setting(
+        "S3_PART_BYTES", whole_number(MIN_S3_PART_BYTES, MAX_S3_PART_BYTES), "The part size of S3 multipart "
+        "uploads: a file smaller than one part is one `PutObject`.", group=_UPLOADS, default=5 << 20,
+        shown_default="`5242880` (5 MiB)")
+    s3_parts_in_flight: int = setting(
+        "S3_PARTS_IN_FLIGHT", whole_number(1, MAX_S3_PARTS_IN_FLIGHT), "Parts of one upload sent to S3 at once "
+        "(each held in memory meanwhile).", group=_UPLOADS, default=6)
+    uploads_per_worker: int = setting(
+        "UPLOADS_PER_WORKER", whole_number(1, MAX_UPLOADS_PER_WORKER), "Uploads a worker streams at once; more "
+        "wait their turn with their bodies unread.", group=_UPLOADS, default=8)
+    upload_queue_wait_s: int = setting(
+        "UPLOAD_QUEUE_WAIT_S", whole_number(0, MAX_UPLOAD_QUEUE_WAIT_S), "Seconds an upload may wait for its turn "
+        "before it is a 503 `uploads_busy` with `Retry-After` (within nginx's 900 s timeouts).", group=_UPLOADS,
+        default=300)
+    download_url_ttl_s: int = setting(
+        "DOWNLOAD_URL_TTL_S", whole_number(1, WEEK_S), "Lifetime of a material's pre-signed `download_url` "
+        "(signature v4 allows a week at most).", group=_UPLOADS, default=900)
+    upload_orphan_age_s: int = setting(
+        "UPLOAD_ORPHAN_AGE_S", whole_number(0, 52 * WEEK_S), "Age after which an unfinished S3 multipart upload is "
+        "an orphan (of a worker killed hard) and aborted by the sweep.", group=_UPLOADS, default=3600)
+    upload_sweep_interval_s: int = setting(
+        "UPLOAD_SWEEP_INTERVAL_S", whole_number(1, WEEK_S), "Seconds between a worker's sweeps for orphaned "
+        "multipart uploads (it also sweeps at start-up).", group=_UPLOADS, default=600)
+    upload_shutdown_grace_s: int = setting(
+        "UPLOAD_SHUTDOWN_GRACE_S", whole_number(0, MAX_UPLOAD_SHUTDOWN_GRACE_S), "Seconds uploads in progress get "
+        "to finish when a worker shuts down (deploy, reload, stop); the rest are stopped and undone.",
+        group=_UPLOADS, default=20)
+    cors_origins: tuple[str, ...] = setting(
+        "CORS_ORIGINS", _origins, "Origins allowed to call the API from a browser.", group=_HTTP, default=(),
+        shown_default="unset: no CORS headers")
+    log_level: str = setting(
+        "LOG_LEVEL", _log_level, "The least severe level the app logs.", group=_HTTP, default="INFO")
+
+
+def encryption_keys_from_env(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """APP_ENCRYPTION_KEY on its own, required (the admin CLI's key rotation needs nothing else)."""
+    spec = dataclasses.replace(_declared(Settings)["APP_ENCRYPTION_KEY"], required=True)
+    return spec.read(os.environ if env is None else env)
+
+
+def _declared(cls) -> dict[str, Setting]:
+    return {spec.name: spec for _, spec in cls.declared()}
+
+
+def all_settings() -> list[Setting]:
+    """Every environment variable the app reads or checks, in declaration order."""
+    return list(_declared(Settings).values())
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """The variables of an environment file as the app role writes it (``NAME="value"``, with
+    ``\\`` and ``"`` escaped; ``#`` comments) and systemd's EnvironmentFile reads it."""
+    env = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', line)
+        if not match:
+            raise ValueError(f"line {number} is not NAME=\"value\"")
+        env[match.group(1)] = re.sub(r"\\(.)", r"\1", match.group(2))
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m app.config ENV_FILE``: exit 0 if the app would start with it, else 1 and one line."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m app.config ENV_FILE", file=sys.stderr)
+        return 2
+    try:
+        with open(args[0], encoding="utf-8") as f:
+            Settings.from_env(parse_env_file(f.read()))
+    except (OSError, ValueError, ConfigError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

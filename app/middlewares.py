@@ -18,7 +18,8 @@ from .keys import cors_origin_key, ratelimit_headers_key, request_id_key
 
 access_log = logging.getLogger("app.access")
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+# An incoming X-Request-ID kept as it is (nginx keeps the same ones for its own answers).
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{8,64}")
 _CORS_EXPOSED = "X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After"
 _CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 _CORS_HEADERS = "X-API-Key, Content-Type, X-Request-ID"
@@ -28,7 +29,7 @@ _CORS_HEADERS = "X-API-Key, Content-Type, X-Request-ID"
 async def request_context_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Give the request an id (a sane incoming X-Request-ID is kept) and log it once done."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
     request[request_id_key] = request_id
     tokens = [(log.request_id_var, log.request_id_var.set(request_id)),
               (log.tenant_id_var, log.tenant_id_var.set(None)),

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from tests.localvps.layout import ROOT
 from tests.localvps.playbook import ansible_playbook
 
@@ -28,16 +26,3 @@ def test_playbooks_pass_the_syntax_check():
         result = ansible_playbook("-i", inventory, "--syntax-check", "playbooks/site.yml", capture=True,
                                   timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
-
-
-# Role variables the production template leaves at their defaults (it says which).
-NOT_IN_THE_PRODUCTION_TEMPLATE = {"app_source_dir", "app_restore_backup", "nginx_site_template"}
-
-
-def test_the_production_template_sets_every_role_variable_but_the_ones_it_names():
-    defaults = {name for path in (ROOT / "roles").glob("*/defaults/main.yml")
-                for name in (yaml.safe_load(path.read_text()) or {})}
-    text = (ROOT / "inventory/production.example/group_vars/all/main.yml").read_text()
-    assert defaults - set(yaml.safe_load(text)) - NOT_IN_THE_PRODUCTION_TEMPLATE == set()
-    header = "".join(text.splitlines(keepends=True)[:5])
-    assert all(name in header for name in NOT_IN_THE_PRODUCTION_TEMPLATE)

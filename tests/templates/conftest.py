@@ -1,0 +1,33 @@
+"""The templates rendered once per session, in the scenarios the tests read (in parallel)."""
+
+from __future__ import annotations
+
+import pytest
+from pathlib import Path
+
+from tests.support import templates
+from tests.support.paths import REPO_ROOT
+
+PRODUCTION = Path(REPO_ROOT) / "inventory" / "production.example"
+
+SCENARIOS = {
+    # The role defaults, and what a site must set.
+    "defaults": ("-i", "localhost,", *templates.extra_vars(templates.REQUIRED)),
+    # inventory/production.example with its vault's example values.
+    "production": ("-i", str(PRODUCTION), "-e", f"@{PRODUCTION / 'group_vars/all/vault.yml.example'}"),
+    # A larger upload limit and a variable through app_extra_env.
+    "larger_uploads": ("-i", "localhost,", *templates.extra_vars(
+        {**templates.REQUIRED, "app_max_upload_bytes": 2 * 2**30 + 1, "app_extra_env": {"UPLOADS_PER_WORKER": "16"}})),
+}
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, dict[str, str]]:
+    """scenario -> template name -> rendered text."""
+    started = {name: templates.start(*args) for name, args in SCENARIOS.items()}
+    results = {}
+    for name, run in started.items():
+        status, output, files = templates.finish(run)
+        assert status == 0, f"{name}:\n{output[-4000:]}"
+        results[name] = files
+    return results

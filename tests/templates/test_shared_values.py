@@ -1,0 +1,106 @@
+"""Values that nginx, systemd, Netdata and the app must agree on, read from the templates as
+the roles render them and compared with the app's own constants: a drift fails here, in
+seconds, not only in the VPS suite."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from aiohttp import web
+
+from app import middlewares, tenants
+from app.config import MAX_UPLOAD_QUEUE_WAIT_S, Settings, parse_env_file
+from app.routes import setup_openapi, setup_routes
+from app.serve import GRACEFUL_TIMEOUT_S
+
+MIB = 1 << 20
+
+
+def _map(conf: str, variable: str) -> dict[str, str]:
+    """An nginx ``map $x $variable { ... }`` block as {pattern: value}."""
+    body = re.search(r"map \$\w+ \$" + variable + r" \{\n(.*?)\n\}", conf, re.S).group(1)
+    entries = (line.strip().rstrip(";").rsplit(None, 1) for line in body.splitlines() if line.strip())
+    return {pattern.strip('"'): value.strip('"') for pattern, value in entries}
+
+
+def _nginx_regex(conf: str, variable: str, value: str) -> str:
+    """The regex of the map entry that gives ``value`` (``~`` and anchors taken off)."""
+    (pattern,) = [p for p, v in _map(conf, variable).items() if v == value and p.startswith("~")]
+    return pattern.lstrip("~*").removeprefix("^").removesuffix("$")
+
+
+def _directive(conf: str, name: str) -> str:
+    (value,) = set(re.findall(rf"^\s*{name} ([^;]+);", conf, re.M))
+    return value
+
+
+def _app_methods() -> set[str]:
+    """What the app's routes answer, and OPTIONS (CORS preflights)."""
+    app = web.Application()
+    setup_routes(app)
+    setup_openapi(app)
+    return {route.method for route in app.router.routes() if route.method != "*"} | {"OPTIONS"}
+
+
+def test_nginx_tells_a_key_from_a_non_key_as_the_app_does(rendered):
+    conf = rendered["defaults"]["course-supporter.conf"]
+    assert _nginx_regex(conf, "course_supporter_unkeyed_client", "") == tenants.KEY_PATTERN.pattern
+
+
+def test_nginx_keeps_the_request_ids_the_app_keeps(rendered):
+    conf = rendered["defaults"]["course-supporter.conf"]
+    assert _nginx_regex(conf, "course_supporter_request_id", "$http_x_request_id") == \
+        middlewares.REQUEST_ID_PATTERN.pattern
+
+
+def test_nginx_passes_the_content_codings_the_app_decodes(rendered):
+    conf = rendered["defaults"]["course-supporter.conf"]
+    passed = _nginx_regex(conf, "course_supporter_unsupported_coding", "")
+    assert set(passed.strip("()").split("|")) == set(middlewares.CONTENT_CODINGS)
+
+
+def test_nginx_knows_the_methods_the_app_answers(rendered):
+    conf = rendered["defaults"]["course-supporter.conf"]
+    known = _nginx_regex(conf, "course_supporter_unknown_method", "")
+    assert set(known.strip("()").split("|")) == _app_methods()
+    allow = re.search(r'add_header Allow "([^"]+)"', conf).group(1)
+    assert set(allow.split(", ")) == _app_methods()
+
+
+def test_nginx_body_limit_follows_the_apps_upload_limit(rendered):
+    """The largest file the app takes, plus room for multipart framing, passes nginx; the role
+    derives the limit from app_max_upload_bytes, so raising that raises both."""
+    for scenario, max_upload in (("defaults", Settings.from_env({"DATABASE_URL": "postgresql://h/db",
+                                                                  "S3_BUCKET": "b"}).max_upload_bytes),
+                                 ("larger_uploads", 2 * 2**30 + 1)):
+        conf = rendered[scenario]["course-supporter.conf"]
+        limit = _directive(conf, "client_max_body_size")
+        assert limit == f"{math.ceil(max_upload / MIB) + 1}m", scenario
+        env = parse_env_file(rendered[scenario]["app.env"])
+        assert int(env["MAX_UPLOAD_BYTES"]) == max_upload
+        assert f"({limit})" in conf  # nginx's own 413 names it
+
+
+def test_nginx_waits_longer_than_an_upload_may_queue(rendered):
+    conf = rendered["defaults"]["course-supporter.conf"]
+    for name in ("client_body_timeout", "send_timeout", "proxy_send_timeout", "proxy_read_timeout"):
+        assert int(_directive(conf, name).removesuffix("s")) > MAX_UPLOAD_QUEUE_WAIT_S, name
+
+
+def test_nginx_netdata_and_the_socket_name_the_apps_address(rendered):
+    for scenario in ("defaults", "production"):
+        files = rendered[scenario]
+        listen = re.search(r"^ListenStream=(\S+)$", files["course-supporter.socket"], re.M).group(1)
+        assert f"--bind {listen} " in files["course-supporter.service"]
+        upstream = re.search(r"upstream course_supporter_app \{\s+server (\S+);", files["course-supporter.conf"])
+        assert upstream.group(1) == listen
+        assert f"url: http://{listen}/health" in files["netdata.course_supporter.conf"]
+        netdata = re.search(r"bind to = (\S+)", files["netdata.netdata.conf"]).group(1)
+        assert f"proxy_pass http://{netdata}/;" in files["course-supporter.conf"]
+
+
+def test_systemd_gives_the_app_longer_to_stop_than_gunicorn_takes(rendered):
+    service = rendered["defaults"]["course-supporter.service"]
+    stop = int(re.search(r"^TimeoutStopSec=(\d+)$", service, re.M).group(1))
+    assert stop > GRACEFUL_TIMEOUT_S
