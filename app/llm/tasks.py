@@ -1,6 +1,6 @@
 """What the app asks of the LLM: the messages for each feature, and the parsers
-that read only their own keys from the JSON reply (CONTRACT "What the app asks
-of the LLM"). A parser raises ``BadOutput`` for a reply it cannot use."""
+that read only their own keys from the JSON reply (docs/api.md, "Structured
+output"). A parser raises ``BadOutput`` for a reply it cannot use."""
 
 from __future__ import annotations
 
