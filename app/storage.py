@@ -123,6 +123,11 @@ class Storage:
             log.warning("storage get_object failed: %s", exc)
             raise StorageUnavailable() from exc
 
+    @property
+    def upload_slots_all_taken(self) -> bool:
+        """Whether an upload arriving now would wait for a slot."""
+        return self._upload_slots.locked()
+
     @contextlib.asynccontextmanager
     async def upload_slot(self, wait_s: float) -> AsyncIterator[None]:
         """One of the worker's upload slots, for the whole of one upload.

@@ -45,12 +45,22 @@ def _held_upload(client, auth, course_id: str, name: str):
     return response, started, release
 
 
+async def _until_the_slot_is_taken(client, started: asyncio.Event) -> None:
+    """Until the held upload has its slot in the app (its client having sent a first chunk
+    says nothing of that: the app may not have read the request yet)."""
+    await asyncio.wait_for(started.wait(), 10)
+    deadline = time.monotonic() + 10
+    while not client.server.app[storage_key].upload_slots_all_taken:
+        assert time.monotonic() < deadline, "the held upload never took its slot"
+        await asyncio.sleep(0.01)
+
+
 async def test_an_upload_waits_for_a_free_slot_then_is_stored(aiohttp_client, settings, auth, s3, bucket,
                                                                make_course):
     client = await _one_slot_client(aiohttp_client, settings, wait_s=60)
     course_id = (await make_course(client=client))["id"]
     first, started, release = _held_upload(client, auth, course_id, "first.bin")
-    await asyncio.wait_for(started.wait(), 10)
+    await _until_the_slot_is_taken(client, started)
     second = asyncio.ensure_future(client.post(
         f"/api/v1/courses/{course_id}/materials?filename=second.bin", data=b"x" * 1000, headers=auth))
     await asyncio.sleep(1.0)
@@ -69,7 +79,7 @@ async def test_an_upload_that_waits_too_long_is_503_uploads_busy_and_keeps_nothi
     client = await _one_slot_client(aiohttp_client, settings, wait_s=1)
     course_id = (await make_course(client=client))["id"]
     first, started, release = _held_upload(client, auth, course_id, "first.bin")
-    await asyncio.wait_for(started.wait(), 10)
+    await _until_the_slot_is_taken(client, started)
     began = time.monotonic()
     refused = await client.post(f"/api/v1/courses/{course_id}/materials?filename=late.bin", data=b"y" * 1000,
                                 headers=auth)
