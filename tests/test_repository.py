@@ -78,6 +78,37 @@ def _prose_links(markdown: str) -> str:
     return re.sub(r"^```.*?^```", "", markdown, flags=re.S | re.M)
 
 
+def test_every_procedure_of_the_runbook_has_its_heading_and_a_check():
+    procedures = re.split(r"^## ", (ROOT / "docs" / "operations.md").read_text(), flags=re.M)[1:]
+    assert len(procedures) >= 12
+    for procedure in procedures:
+        assert "**Check that it worked:**" in procedure, procedure.splitlines()[0]
+
+
+def test_every_alarm_has_a_heading_in_the_runbook():
+    alarms = re.findall(r"^\s*(?:alarm|template): (\w+)$",
+                        (ROOT / "roles" / "netdata" / "templates" / "health.conf.j2").read_text(), re.M)
+    headings = re.findall(r"^### `(\w+)`$", (ROOT / "docs" / "operations.md").read_text(), re.M)
+    assert alarms and set(alarms) <= set(headings)
+
+
+# Defaults of error classes that every raise overrides with a code of its own (app/auth.py, app/db.py),
+# and statuses of _HTTP_CODES that no aiohttp exception of this app carries.
+NEVER_ANSWERED = {"unauthorized", "forbidden", "service_unavailable", "error"}
+
+
+def test_every_error_code_the_app_or_nginx_answers_is_in_the_api_contract():
+    app_code = "\n".join(path.read_text() for path in (ROOT / "app").rglob("*.py"))
+    codes = set(re.findall(r'\bcode ?= ?"([a-z_]+)"', app_code))
+    codes |= set(re.findall(r'status, code = \d{3}, "([a-z_]+)"', app_code))
+    codes |= set(re.findall(r'error_response\(\d{3}, "([a-z_]+)"', app_code))
+    codes |= set(re.findall(r'^\s+\d{3}: "([a-z_]+)",$', app_code, re.M))  # aiohttp's own exceptions
+    codes |= set(re.findall(r'json_error\(\d{3}, "([a-z_]+)"', (ROOT / "nginx" / "course-supporter.conf.j2").read_text()))
+    table = set(re.findall(r"^\| \d{3} \| `([a-z_]+)` \|", (ROOT / "docs" / "api.md").read_text(), re.M))
+    assert codes - NEVER_ANSWERED - table == set()
+    assert table - codes == set()  # the table names no code that nothing answers
+
+
 def _test_names() -> set[str]:
     """The test functions and modules there are."""
     names = set()
