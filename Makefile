@@ -19,7 +19,9 @@ VENV_PY    := $(VENV)/bin/python
 TEST_USER  := cs-test
 # Debian packages the tests and tools need on the machine itself.
 APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps wrk \
-	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl
+	systemd-container mmdebstrap pebble nftables iproute2 openssh-client curl nodejs
+# npm tools the tests use (Spectral, the OpenAPI linter), pinned by their lock file.
+NPM_TOOLS  := tests/openapi_lint
 
 .PHONY: help deps apt-packages test-user test check docs dev bench fuzz vps vps-upgrade vps-backup vps-restore vps-down
 
@@ -36,7 +38,7 @@ help:
 	@echo "make vps-restore BACKUP=latest  restore its database from a backup (or BACKUP=backups/<key>.dump)"
 	@echo "make vps-down  stop and remove the local VPS and its host-side servers"
 
-deps: apt-packages test-user $(VENV)/.installed
+deps: apt-packages test-user $(VENV)/.installed $(NPM_TOOLS)/node_modules/.installed
 
 apt-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
@@ -55,6 +57,13 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	@test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install -q --upgrade pip
 	$(VENV_PY) -m pip install -q -r requirements-test.txt
+	@touch $@
+
+# Debian's nodejs comes without npm (NodeSource's bundles it).
+$(NPM_TOOLS)/node_modules/.installed: $(NPM_TOOLS)/package.json $(NPM_TOOLS)/package-lock.json
+	@command -v npm >/dev/null || { echo "installing Debian's npm"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm; }
+	npm ci --prefix $(NPM_TOOLS) --no-audit --no-fund --loglevel=error
 	@touch $@
 
 test: deps

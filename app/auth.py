@@ -1,6 +1,6 @@
 """API-key authentication, scopes and rate limits for ``/api/v1/*``.
 
-Handlers declare the scopes they accept with ``@requires_scopes(...)``; an
+Operations declare the scopes they accept (``app.openapi.operation``); an
 unknown path or method under ``/api/v1/`` needs a key all the same. The
 middleware hashes the presented key (the raw key is never compared or
 stored), and one statement looks the key up and counts the request
@@ -22,6 +22,7 @@ from . import log
 from .db import acquire
 from .errors import Forbidden, RateLimited, Unauthorized
 from .keys import ratelimit_headers_key
+from .openapi import operation_of
 from .ratelimit import authenticate
 from .tenants import hash_key, looks_like_key
 
@@ -41,16 +42,6 @@ class Caller:
 caller_key: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
 
 
-def requires_scopes(*scopes: str):
-    """Mark a handler as needing an API key with one of ``scopes``."""
-
-    def mark(handler):
-        handler.required_scopes = scopes
-        return handler
-
-    return mark
-
-
 def caller(request: web.Request) -> Caller:
     return request[caller_key]
 
@@ -67,7 +58,8 @@ NO_ALLOWANCE = {"X-RateLimit-Limit": "0", "X-RateLimit-Remaining": "0", "X-RateL
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     if not request.path.startswith(API_PREFIX):
         return await handler(request)  # public endpoint (health, docs), or no such route
-    scopes = getattr(request.match_info.handler, "required_scopes", ANY_SCOPE)
+    declared = operation_of(request.match_info.handler)
+    scopes = declared.scopes if declared is not None and declared.scopes else ANY_SCOPE
     request[ratelimit_headers_key] = NO_ALLOWANCE
 
     presented = request.headers.get(HEADER, "")

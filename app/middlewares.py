@@ -8,13 +8,13 @@ import time
 import uuid
 
 from aiohttp import hdrs, web
-from aiohttp_apispec import validation_middleware as apispec_validation_middleware
 
 from . import log
 from .auth import API_PREFIX
 from .errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from .jsonutil import loads
 from .keys import cors_origin_key, ratelimit_headers_key, request_id_key
+from .openapi import operation_of, validate_input
 
 access_log = logging.getLogger("app.access")
 
@@ -88,13 +88,6 @@ def cors_middleware(allowed_origins: tuple[str, ...]):
     return middleware
 
 
-def _json_schema_of(schemas):
-    for spec in schemas:
-        if spec["locations"] and "json" in spec["locations"]:
-            return spec["schema"]
-    return None
-
-
 # The content codings aiohttp decodes as installed. br and zstd would need libraries this
 # project does not ship: aiohttp refuses those itself, in plain text, before any
 # middleware (nginx answers them first, see nginx/); any other coding would reach the
@@ -104,22 +97,21 @@ CONTENT_CODINGS = ("identity", "gzip", "deflate")
 
 @web.middleware
 async def validation_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Input validation for handlers that declare schemas; others pass straight through.
+    """Input validation for the operations their handlers declare (app.openapi).
 
-    Any body must be in a content coding the app decodes (415). A JSON body first
-    gets the checks webargs lacks: 415 for another media type, 400 for broken JSON,
-    422 for a body that is not an object or has fields the schema lacks. Then
-    aiohttp-apispec's validation middleware validates the fields (422 with details)
-    and puts the result on the request."""
+    Any body must be in a content coding the app decodes (415). A JSON body first gets
+    the checks the parser lacks: 415 for another media type, 400 for broken JSON, 422 for a
+    body that is not an object or has fields the schema lacks. Then the declared path,
+    query and body are parsed and validated (422 with details) onto the request."""
     if request.body_exists:
         _check_content_coding(request)
-    schemas = getattr(request.match_info.handler, "__schemas__", None)
-    if not schemas:
+    declared = operation_of(request.match_info.handler)
+    if declared is None:
         return await handler(request)
-    schema = _json_schema_of(schemas)
-    if schema is not None and request.body_exists:
-        await _check_json_body(request, schema)
-    return await apispec_validation_middleware(request, handler)
+    if declared.body is not None and request.body_exists:
+        await _check_json_body(request, declared.body())
+    await validate_input(request, declared)
+    return await handler(request)
 
 
 def _check_content_coding(request: web.Request) -> None:

@@ -1,15 +1,14 @@
-"""URL table and the OpenAPI document (Swagger UI at /docs)."""
+"""URL table, the OpenAPI document (Swagger UI at /docs)."""
 
 from __future__ import annotations
 
-import copy
-
 from aiohttp import web
-from aiohttp_apispec import setup_aiohttp_apispec
+from swagger_ui_bundle import swagger_ui_path
 
 from . import __version__
-from .errors import ValidationFailed
 from .handlers import courses, gpt, health, homework, llm_settings, materials, reports, slides
+from .jsonutil import dumps_bytes
+from .openapi import openapi_document
 
 COURSE = "/api/v1/courses/{course_id}"
 
@@ -41,36 +40,50 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/api/v1/settings/llm", llm_settings.delete_llm_settings)
 
 
-def _validation_error(error, request, schema, status=None, headers=None):
-    """webargs' error callback: the contract's 422 with per-field details."""
-    raise ValidationFailed("The request is not valid.", details=error.normalized_messages())
+DOCUMENT_URL = "/api/docs/openapi.json"
+# Where the Swagger 2.0 document was: it redirects to the OpenAPI 3.1 one.
+OLD_DOCUMENT_URL = "/api/docs/swagger.json"
+UI_URL = "/docs"
+UI_ASSETS_URL = "/api/docs/ui"
 
-
-def _fresh_apispec_metadata(app: web.Application) -> None:
-    """aiohttp-apispec consumes the metadata its decorators leave on a handler when
-    it builds the document; give every app its own copy so that a second app in
-    the same process (tests, benchmarks) is documented just as fully."""
-    for route in app.router.routes():
-        handler = route.handler
-        if hasattr(handler, "__apispec__"):
-            if not hasattr(handler, "_pristine_apispec"):
-                handler._pristine_apispec = copy.deepcopy(handler.__apispec__)
-            handler.__apispec__ = copy.deepcopy(handler._pristine_apispec)
+_UI_PAGE = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Course Supporter API</title>
+  <link rel="stylesheet" href="{UI_ASSETS_URL}/swagger-ui.css">
+  <link rel="icon" type="image/png" href="{UI_ASSETS_URL}/favicon-32x32.png" sizes="32x32">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{UI_ASSETS_URL}/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({{url: "{DOCUMENT_URL}", dom_id: "#swagger-ui", deepLinking: true,
+                                  presets: [SwaggerUIBundle.presets.apis]}});
+  </script>
+</body>
+</html>
+"""
 
 
 def setup_openapi(app: web.Application) -> None:
-    _fresh_apispec_metadata(app)
-    setup_aiohttp_apispec(
-        app,
-        title="Course Supporter API",
-        version=__version__,
-        url="/api/docs/swagger.json",
-        swagger_path="/docs",
-        error_callback=_validation_error,
-        in_place=True,
-        securityDefinitions={"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
-    )
-    # aiohttp-apispec adds its pages for GET alone; every GET answers HEAD too (RFC 9110).
+    """The OpenAPI 3.1 document (built once, here), Swagger UI reading it, and the old path."""
+    document = dumps_bytes(openapi_document(app, title="Course Supporter API", version=__version__))
+
+    async def serve_document(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    async def serve_ui(request: web.Request) -> web.Response:
+        return web.Response(text=_UI_PAGE, content_type="text/html")
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=308, headers={"Location": DOCUMENT_URL})
+
+    app.router.add_get(DOCUMENT_URL, serve_document)
+    app.router.add_get(OLD_DOCUMENT_URL, moved)
+    app.router.add_get(UI_URL, serve_ui)
+    app.router.add_static(UI_ASSETS_URL, swagger_ui_path)
+    # Every GET answers HEAD too (RFC 9110).
     for resource in app.router.resources():
         routes = {route.method: route for route in resource}
         if "GET" in routes and "HEAD" not in routes:

@@ -6,10 +6,10 @@ import asyncio
 import logging
 
 from aiohttp import web
-from aiohttp_apispec import docs, response_schema
 
 from ..jsonutil import json_response
 from ..keys import db_pool_key, storage_key
+from ..openapi import Response, operation
 from ..schemas import HealthSchema
 
 log = logging.getLogger("app.health")
@@ -29,10 +29,10 @@ async def _db_ok(app: web.Application) -> bool:
         return False
 
 
-@docs(tags=["health"], summary="Health of the app and its dependencies",
-      description="200 when PostgreSQL and S3 answer; 503 with status 'degraded' otherwise.")
-@response_schema(HealthSchema, 200, description="All dependencies answer")
-@response_schema(HealthSchema, 503, description="A dependency failed")
+@operation("get_health", summary="Health of the app and its dependencies", tags=["health"], scopes=None,
+           description="200 when PostgreSQL and S3 answer; 503 with status `degraded` otherwise. No key needed.",
+           responses={200: Response("All dependencies answer", HealthSchema),
+                      503: Response("A dependency failed", HealthSchema)})
 async def health(request: web.Request) -> web.Response:
     db_ok, s3_ok = await asyncio.gather(_db_ok(request.app), request.app[storage_key].is_healthy())
     body = {"status": "ok" if db_ok and s3_ok else "degraded",

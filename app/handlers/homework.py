@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp_apispec import match_info_schema, request_schema, response_schema
 
 from .. import courses, homework
 from ..auth import caller
@@ -11,20 +10,22 @@ from ..db import acquire
 from ..errors import ValidationFailed
 from ..jsonutil import json_response
 from ..llm import call_context, tasks
+from ..openapi import LLM, NOT_FOUND, Response, body_key, merge_errors, operation, path_key
 from ..schemas import HomeworkAttemptSchema, HomeworkRequestSchema, ProgressSchema, StudentPathSchema
-from .common import api_endpoint, path_uuid
+from .common import path_uuid
 
 TAGS = ["homework"]
 
 
-@api_endpoint("check", tags=TAGS, summary="Check a homework submission with the LLM",
-              errors=(400, 404, 415, 422, 502, 504),
-              description="Scores the submission 0-100 against the lesson; `passed` when the score reaches the "
-                          "lesson's `pass_score` (60 unless the lesson sets one). Every attempt is kept.")
-@request_schema(HomeworkRequestSchema, locations=["json"], required=True)
-@response_schema(HomeworkAttemptSchema, 201)
+@operation("check_homework", summary="Check a homework submission with the LLM", tags=TAGS, scopes=("check",),
+           description="Scores the submission 0-100 against the lesson; `passed` when the score reaches the "
+                       "lesson's `pass_score` (60 unless the lesson sets one). Every attempt is kept.",
+           body=HomeworkRequestSchema, body_example={"student_id": "student-42",
+                                                     "lesson_id": "6f1d3c8a-2b4e-4f6a-9c1d-0e2f3a4b5c6d",
+                                                     "submission": "x = -b/a, since ax + b = 0 and a is not 0."},
+           errors=merge_errors(NOT_FOUND, LLM), responses={201: Response("The scored attempt", HomeworkAttemptSchema)})
 async def check_homework(request: web.Request) -> web.Response:
-    data = request["data"]
+    data = request[body_key]
     tenant_id = caller(request).tenant_id
     course_id = path_uuid(request, "course_id", "Course")
     async with acquire(request) as conn:
@@ -47,13 +48,12 @@ async def check_homework(request: web.Request) -> web.Response:
     return json_response(attempt, status=201)
 
 
-@api_endpoint("check", tags=TAGS, summary="A student's homework progress", errors=(422,),
-              description="Per course and lesson: attempts, best and last score, and whether an attempt passed. "
-                          "A student with no attempts has an empty list.")
-@match_info_schema(StudentPathSchema)
-@response_schema(ProgressSchema, 200)
+@operation("get_student_progress", summary="A student's homework progress", tags=TAGS, scopes=("check",),
+           description="Per course and lesson: attempts, best and last score, and whether an attempt passed. "
+                       "A student with no attempts has an empty list.",
+           path=StudentPathSchema, responses={200: Response("The student's progress", ProgressSchema)})
 async def student_progress(request: web.Request) -> web.Response:
-    student_id = request["match_info"]["student_id"]
+    student_id = request[path_key]["student_id"]
     async with acquire(request) as conn:
         progress = await homework.progress(conn, caller(request).tenant_id, student_id)
     return json_response(progress)

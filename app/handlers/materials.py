@@ -8,7 +8,6 @@ import logging
 import uuid
 
 from aiohttp import web
-from aiohttp_apispec import docs, response_schema
 
 from .. import courses, materials
 from ..auth import caller
@@ -17,21 +16,27 @@ from ..db import acquire
 from ..errors import BadRequest, PayloadTooLarge
 from ..jsonutil import json_response
 from ..keys import settings_key, storage_key
+from ..openapi import NOT_FOUND, STORAGE, UPLOAD, Response, merge_errors, operation
 from ..schemas import MaterialDetailSchema, MaterialListSchema, MaterialSchema
 from ..storage import Storage, StorageUnavailable
 from ..uploads import declared_file_bytes, incoming_file
-from .common import api_endpoint, path_uuid
+from .common import path_uuid
 
 log = logging.getLogger("app.materials")
 TAGS = ["materials"]
-_UPLOAD_DOC = {
-    "consumes": ["multipart/form-data", "application/octet-stream"],
-    "parameters": [
-        {"in": "formData", "name": "file", "type": "file", "description": "the file (multipart/form-data)"},
-        {"in": "query", "name": "filename", "type": "string",
-         "description": "the file's name, for a raw body sent with its own Content-Type"},
-    ],
+# An upload is the file itself: a multipart form with one `file` part, or the raw bytes.
+_FILE = {"type": "string", "format": "binary"}
+# (A raw body may carry the file's own Content-Type; the document says application/octet-stream,
+# which client generators take, and the operation's description says the rest.)
+_UPLOAD_CONTENT = {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
+        **_FILE, "description": "the file; its part's filename names the material"}}, "required": ["file"]},
+        "encoding": {"file": {"contentType": "*/*"}}},
+    "application/octet-stream": {"schema": {**_FILE, "description": "the raw file, named by `?filename=`"}},
 }
+_FILENAME = {"in": "query", "name": "filename", "required": False,
+             "description": "the file's name, for a raw body (a multipart part names itself)",
+             "schema": {"type": "string", "maxLength": 1000}}
 
 
 def _ids(request: web.Request) -> tuple[uuid.UUID, uuid.UUID]:
@@ -42,13 +47,14 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The file is larger than the {limit} bytes allowed.")
 
 
-@api_endpoint("prep", tags=TAGS, summary="Upload a material (streamed to storage)", errors=(400, 404, 413, 415, 422),
-              description="`multipart/form-data` with one `file` part, or the raw file with its own Content-Type "
-                          "and `?filename=`. Streamed to storage as it arrives; nothing is kept unless the whole "
-                          "file arrived. A worker streams a few uploads at once; more wait their turn, and one "
-                          "that waited too long is a 503 `uploads_busy` with Retry-After.")
-@docs(**_UPLOAD_DOC)
-@response_schema(MaterialSchema, 201, description="The stored material")
+@operation("upload_material", summary="Upload a material (streamed to storage)", tags=TAGS, scopes=("prep",),
+           description="`multipart/form-data` with one `file` part, or the raw file with `?filename=` (as "
+                       "`application/octet-stream` or with the file's own Content-Type: any type but a form is "
+                       "taken as the raw file). Streamed to storage as it arrives; nothing is kept unless the whole "
+                       "file arrived. A worker streams a few uploads at once; more wait their turn, and one "
+                       "that waited too long is a 503 `uploads_busy` with Retry-After.",
+           body_content=_UPLOAD_CONTENT, query_parameters=(_FILENAME,), errors=merge_errors(NOT_FOUND, UPLOAD),
+           responses={201: Response("The stored material", MaterialSchema, location=True)})
 async def upload_material(request: web.Request) -> web.Response:
     tenant_id, course_id = _ids(request)
     settings = request.app[settings_key]
@@ -112,8 +118,8 @@ async def _stream(incoming, upload, digest, limit: int) -> None:
     await upload.complete()
 
 
-@api_endpoint("prep", "check", tags=TAGS, summary="List a course's materials", errors=(404,))
-@response_schema(MaterialListSchema, 200)
+@operation("list_materials", summary="List a course's materials", tags=TAGS, scopes=("prep", "check"),
+           errors=NOT_FOUND, responses={200: Response("The course's materials, oldest first", MaterialListSchema)})
 async def list_materials(request: web.Request) -> web.Response:
     tenant_id, course_id = _ids(request)
     async with acquire(request) as conn:
@@ -122,9 +128,9 @@ async def list_materials(request: web.Request) -> web.Response:
     return json_response({"items": items})
 
 
-@api_endpoint("prep", "check", tags=TAGS, summary="Get a material with a download URL", errors=(404,),
-              description="`download_url` is a pre-signed GET that expires after `DOWNLOAD_URL_TTL_S` seconds.")
-@response_schema(MaterialDetailSchema, 200)
+@operation("get_material", summary="Get a material with a download URL", tags=TAGS, scopes=("prep", "check"),
+           description="`download_url` is a pre-signed GET that expires after `DOWNLOAD_URL_TTL_S` seconds.",
+           errors=NOT_FOUND, responses={200: Response("The material", MaterialDetailSchema)})
 async def get_material(request: web.Request) -> web.Response:
     tenant_id, course_id = _ids(request)
     material_id = path_uuid(request, "material_id", "Material")
@@ -136,8 +142,8 @@ async def get_material(request: web.Request) -> web.Response:
     return json_response(material)
 
 
-@api_endpoint("prep", tags=TAGS, summary="Delete a material and its file", errors=(404,))
-@docs(responses={"204": {"description": "Deleted"}})
+@operation("delete_material", summary="Delete a material and its file", tags=TAGS, scopes=("prep",),
+           errors=merge_errors(NOT_FOUND, STORAGE), responses={204: Response("Deleted")})
 async def delete_material(request: web.Request) -> web.Response:
     tenant_id, course_id = _ids(request)
     material_id = path_uuid(request, "material_id", "Material")

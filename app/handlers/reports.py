@@ -5,27 +5,26 @@ from __future__ import annotations
 import datetime
 
 from aiohttp import web
-from aiohttp_apispec import querystring_schema, response_schema
 
 from ..auth import caller
 from ..db import acquire
 from ..errors import ValidationFailed
 from ..jsonutil import json_response
 from ..llm import accounting
+from ..openapi import Response, operation, query_key
 from ..schemas import CostQuerySchema, CostReportSchema
-from .common import api_endpoint
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 
 
-@api_endpoint("prep", "check", tags=["reports"], summary="LLM calls, tokens and cost of the tenant", errors=(422,),
-              description="UTC days `from`..`to`, both included (default: the last 30 days), grouped by `day`, "
-                          "`model`, `endpoint` or `key` (the key's prefix). Failed calls count with their cost.")
-@querystring_schema(CostQuerySchema)
-@response_schema(CostReportSchema, 200)
+@operation("get_cost_report", summary="LLM calls, tokens and cost of the tenant", tags=["reports"],
+           scopes=("prep", "check"),
+           description="UTC days `from`..`to`, both included (default: the last 30 days), grouped by `day`, "
+                       "`model`, `endpoint` or `key` (the key's prefix). Failed calls count with their cost.",
+           query=CostQuerySchema, responses={200: Response("The report", CostReportSchema)})
 async def cost_report(request: web.Request) -> web.Response:
-    query = request["querystring"]
+    query = request[query_key]
     last = query["date_to"] or datetime.datetime.now(datetime.timezone.utc).date()
     first = query["date_from"] or last - datetime.timedelta(days=DEFAULT_DAYS - 1)
     if first > last:

@@ -37,7 +37,7 @@ def load_key(host) -> str:
 
 
 def live_version(curl) -> str:
-    status, spec = curl.json("/api/docs/swagger.json")
+    status, spec = curl.json("/api/docs/openapi.json")
     assert status == 200
     return spec["info"]["version"]
 
