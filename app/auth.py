@@ -13,12 +13,13 @@ very next request.
 from __future__ import annotations
 
 import hmac
+import time
 import uuid
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from . import log
+from . import log, metrics
 from .db import acquire
 from .errors import Forbidden, RateLimited, Unauthorized
 from .keys import ratelimit_headers_key
@@ -70,8 +71,10 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     if not looks_like_key(presented):
         raise Unauthorized("The API key is not valid.", code="invalid_api_key")
     digest = hash_key(presented)
+    started = time.perf_counter()
     async with acquire(request) as conn:
         decision = await authenticate(conn, digest, scopes)
+    metrics.auth_duration.observe(time.perf_counter() - started)
     if not decision.found or not hmac.compare_digest(decision.key_hash, digest):
         raise Unauthorized("The API key is not valid.", code="invalid_api_key")
     if not decision.usable:
@@ -86,6 +89,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     log.key_prefix_var.set(decision.key_prefix)
     request[ratelimit_headers_key] = decision.headers()
     if not decision.allowed:
+        metrics.rate_limited.labels(decision.scope).inc()
         raise RateLimited(f"Rate limit of {decision.limit} {decision.scope} requests per minute exceeded.",
                           headers={"Retry-After": str(decision.reset_s)})
     return await handler(request)

@@ -7,19 +7,25 @@ retention; and the way back, the archive streamed from the bucket into
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import os
 import subprocess
 import tempfile
 import time
+from typing import AsyncIterator
 from urllib.parse import unquote, urlsplit
 
 import boto3
+from aiohttp import web
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from . import metrics
 from .config import Settings
-from .storage import CHECKSUM_POLICY
+from .keys import storage_key
+from .storage import CHECKSUM_POLICY, Storage, StorageUnavailable
 
 PREFIX = "backups/"
 STAMP = "%Y%m%dT%H%M%SZ"  # a backup is backups/course-supporter-<the UTC time its dump started>.dump
@@ -146,3 +152,40 @@ def prune(client, bucket: str, keep_days: int, now: datetime.datetime, keep: str
     for name in old:
         client.delete_object(Bucket=bucket, Key=name)
     return old
+
+
+# How often each worker looks for the newest backup, for the metrics.
+WATCH_INTERVAL_S = 300
+
+
+async def newest_backup_time(storage: Storage) -> datetime.datetime | None:
+    """When the newest backup in the bucket was stored (a failed backup leaves none)."""
+    newest, more = None, {}
+    while True:
+        page = await storage.call("list_objects_v2", Prefix=PREFIX, **more)
+        for found in page.get("Contents", []):
+            if found["Key"].endswith(".dump") and (newest is None or found["LastModified"] > newest):
+                newest = found["LastModified"]
+        if not page.get("IsTruncated"):
+            return newest
+        more = {"ContinuationToken": page["NextContinuationToken"]}
+
+
+async def watch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: keep the last-backup metric current (storage down: the last value stays)."""
+
+    async def watch() -> None:
+        while True:
+            try:
+                newest = await newest_backup_time(app[storage_key])
+            except StorageUnavailable:
+                newest = None
+            if newest is not None:
+                metrics.last_backup.set(newest.timestamp())
+            await asyncio.sleep(WATCH_INTERVAL_S)
+
+    task = asyncio.create_task(watch())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

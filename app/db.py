@@ -8,6 +8,7 @@ from typing import AsyncIterator
 import asyncpg
 from aiohttp import web
 
+from . import metrics
 from .config import Settings
 from .errors import ServiceUnavailable
 from .jsonutil import dumps, loads
@@ -49,7 +50,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     trip per release -- is skipped. asyncpg still rolls back an open transaction."""
 
 
-async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+POOL_MAX_SIZE = 10
+
+
+async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = POOL_MAX_SIZE) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         database_url,
         min_size=min_size,
@@ -66,6 +70,7 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app[settings_key]
     # min_size=0: the app starts (and /health says "degraded") while the database is down.
     app[db_pool_key] = await create_pool(settings.database_url, min_size=0)
+    metrics.db_pool_size.set(POOL_MAX_SIZE)
     log.info("database pool ready")
     yield
     await app[db_pool_key].close()
@@ -84,12 +89,18 @@ class _Acquire:
         self._ctx = pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
 
     async def __aenter__(self) -> asyncpg.Connection:
+        metrics.db_acquires_waiting.inc()
         try:
-            return await self._ctx.__aenter__()
+            conn = await self._ctx.__aenter__()
         except UNAVAILABLE as exc:
             raise _unavailable() from exc
+        finally:
+            metrics.db_acquires_waiting.dec()
+        metrics.db_connections_in_use.inc()
+        return conn
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
+        metrics.db_connections_in_use.dec()
         try:
             await self._ctx.__aexit__(exc_type, exc, tb)  # a dead connection is dropped, not pooled
         except UNAVAILABLE as release_failure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from . import backup
 from .auth import auth_middleware
 from .config import Settings
 from .db import pool_ctx
@@ -36,6 +37,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(llm_ctx)
+    app.cleanup_ctx.append(backup.watch_ctx)
     app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)
     setup_routes(app)

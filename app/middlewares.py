@@ -9,7 +9,7 @@ import uuid
 
 from aiohttp import hdrs, web
 
-from . import log
+from . import log, metrics
 from .auth import API_PREFIX
 from .errors import BadRequest, UnsupportedMediaType, ValidationFailed
 from .jsonutil import loads
@@ -41,12 +41,13 @@ async def request_context_middleware(request: web.Request, handler) -> web.Strea
         status = response.status
         return response
     finally:
+        seconds = time.perf_counter() - started
         access_log.info(
             "%s %s %s", request.method, request.path, status,
             extra={"method": request.method, "path": request.path, "status": status,
-                   "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                   "remote": request.remote},
+                   "duration_ms": round(seconds * 1000, 2), "remote": request.remote},
         )
+        metrics.observe_request(request, status, seconds)
         for var, token in reversed(tokens):
             var.reset(token)
 

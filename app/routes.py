@@ -6,6 +6,7 @@ from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
 from . import __version__
+from . import metrics
 from .handlers import courses, gpt, health, homework, llm_settings, materials, reports, slides
 from .jsonutil import dumps_bytes
 from .openapi import openapi_document
@@ -15,6 +16,7 @@ COURSE = "/api/v1/courses/{course_id}"
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health", health.health)
+    app.router.add_get(metrics.PATH, metrics.serve_metrics)
     app.router.add_post("/api/v1/courses", courses.create_course)
     app.router.add_get("/api/v1/courses", courses.list_courses)
     app.router.add_get(COURSE, courses.get_course)

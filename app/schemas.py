@@ -90,6 +90,10 @@ class HealthSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "degraded"]))
     db = fields.String(required=True, validate=validate.OneOf(["ok", "error"]))
     s3 = fields.String(required=True, validate=validate.OneOf(["ok", "error"]))
+    release = fields.String(required=True, metadata={
+        "description": "the running release: its content hash on the appliance, `unpackaged` from a checkout"})
+    version = fields.String(required=True, metadata={"description": "the app's version"})
+    uptime_s = fields.Integer(required=True, metadata={"description": "seconds since the service started"})
 
 
 # --- courses --------------------------------------------------------------

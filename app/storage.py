@@ -22,6 +22,7 @@ import botocore.exceptions
 from aiohttp import web
 from botocore.config import Config
 
+from . import metrics
 from .config import Settings
 from .errors import ServiceUnavailable
 from .keys import settings_key, storage_key
@@ -106,6 +107,7 @@ class Storage:
             return await asyncio.get_running_loop().run_in_executor(self._transfers, func)
         except _STORAGE_ERRORS as exc:
             log.warning("storage %s failed: %s", method, exc)
+            metrics.s3_errors.labels(method).inc()
             raise StorageUnavailable() from exc
 
     async def read_head(self, key: str, max_bytes: int) -> bytes:
@@ -121,6 +123,7 @@ class Storage:
             if _error_code(exc) in _NO_SUCH_OBJECT:
                 raise ObjectMissing(key) from exc
             log.warning("storage get_object failed: %s", exc)
+            metrics.s3_errors.labels("get_object").inc()
             raise StorageUnavailable() from exc
 
     @property
@@ -137,10 +140,16 @@ class Storage:
         uploads arrive at once. An upload without a slot waits for one, its body
         unread, for at most ``wait_s`` seconds; then, or once the worker shuts down,
         it is a 503 with Retry-After."""
-        await self._take_upload_slot(wait_s)
+        metrics.uploads_waiting.inc()
+        try:
+            await self._take_upload_slot(wait_s)
+        finally:
+            metrics.uploads_waiting.dec()
+        metrics.uploads_in_flight.inc()
         try:
             yield
         finally:
+            metrics.uploads_in_flight.dec()
             self._upload_slots.release()
 
     async def _take_upload_slot(self, wait_s: float) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from pathlib import Path
 
 from aiohttp import web
 
+from .. import __version__
 from ..jsonutil import json_response
 from ..keys import db_pool_key, storage_key
 from ..openapi import Response, operation
@@ -15,6 +18,21 @@ from ..schemas import HealthSchema
 log = logging.getLogger("app.health")
 
 DB_TIMEOUT_S = 2.0
+# gunicorn's master imports the app before it forks its workers: this is the service's start,
+# and a reload (new workers) keeps it.
+STARTED = time.monotonic()
+# The app role marks a deployed release complete with its id, in the release's top directory.
+RELEASE_MARK = Path(__file__).resolve().parents[2] / ".complete"
+
+
+def _release() -> str:
+    try:
+        return RELEASE_MARK.read_text().strip() or "unknown"
+    except OSError:
+        return "unpackaged"  # a checkout, not a deployed release
+
+
+RELEASE = _release()
 
 
 async def _db_ok(app: web.Application) -> bool:
@@ -30,12 +48,14 @@ async def _db_ok(app: web.Application) -> bool:
 
 
 @operation("get_health", summary="Health of the app and its dependencies", tags=["health"], scopes=None,
-           description="200 when PostgreSQL and S3 answer; 503 with status `degraded` otherwise. No key needed.",
+           description="200 when PostgreSQL and S3 answer; 503 with status `degraded` otherwise. No key needed. "
+                       "Also says which release runs (its content hash on the appliance) and for how long.",
            responses={200: Response("All dependencies answer", HealthSchema),
                       503: Response("A dependency failed", HealthSchema)})
 async def health(request: web.Request) -> web.Response:
     db_ok, s3_ok = await asyncio.gather(_db_ok(request.app), request.app[storage_key].is_healthy())
     body = {"status": "ok" if db_ok and s3_ok else "degraded",
             "db": "ok" if db_ok else "error",
-            "s3": "ok" if s3_ok else "error"}
+            "s3": "ok" if s3_ok else "error",
+            "release": RELEASE, "version": __version__, "uptime_s": int(time.monotonic() - STARTED)}
     return json_response(body, status=200 if body["status"] == "ok" else 503)

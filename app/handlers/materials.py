@@ -9,11 +9,11 @@ import uuid
 
 from aiohttp import web
 
-from .. import courses, materials
+from .. import courses, materials, metrics
 from ..auth import caller
 from ..config import Settings
 from ..db import acquire
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import ApiError, BadRequest, PayloadTooLarge
 from ..jsonutil import json_response
 from ..keys import settings_key, storage_key
 from ..openapi import NOT_FOUND, STORAGE, UPLOAD, Response, merge_errors, operation
@@ -56,6 +56,23 @@ def _too_large(limit: int) -> PayloadTooLarge:
            body_content=_UPLOAD_CONTENT, query_parameters=(_FILENAME,), errors=merge_errors(NOT_FOUND, UPLOAD),
            responses={201: Response("The stored material", MaterialSchema, location=True)})
 async def upload_material(request: web.Request) -> web.Response:
+    try:
+        return await _upload(request)
+    except BaseException as exc:
+        metrics.uploads_failed.labels(_failure(exc)).inc()
+        raise
+
+
+def _failure(exc: BaseException) -> str:
+    """Why an upload stored nothing: its error code, or the client gone."""
+    if isinstance(exc, ApiError):
+        return exc.code
+    if isinstance(exc, (asyncio.CancelledError, ConnectionError)):
+        return "client_gone"
+    return "internal_error"
+
+
+async def _upload(request: web.Request) -> web.Response:
     tenant_id, course_id = _ids(request)
     settings = request.app[settings_key]
     limit = settings.max_upload_bytes
@@ -111,6 +128,7 @@ async def _stream(incoming, upload, digest, limit: int) -> None:
             if upload.size + len(chunk) > limit:
                 raise _too_large(limit)
             digest.update(chunk)
+            metrics.upload_bytes.inc(len(chunk))
             await upload.write(chunk)
     except (ConnectionError, asyncio.IncompleteReadError, web.HTTPException) as exc:
         raise BadRequest("The upload was interrupted before the whole file arrived.",

@@ -36,6 +36,7 @@ from openai.types import CompletionUsage
 
 from ..config import Settings
 from ..errors import ApiError, ServiceUnavailable
+from .. import metrics
 from ..jsonutil import carriable, loads
 from . import accounting, byok
 from .byok import KeyBox
@@ -229,6 +230,7 @@ class Gateway:
             timeout=timeout, transport=byok.CheckedTransport(settings.llm_byok_allowed_networks), trust_env=False,
             event_hooks={"request": [_count_attempt]})
         self._timeout = timeout
+        self._configured_models = {settings.llm_model, settings.llm_fallback_model}
         self._tenant_providers: OrderedDict[tuple, Provider] = OrderedDict()
         self.default = (self._provider("default", settings.openai_base_url, settings.openai_api_key,
                                        settings.llm_model) if settings.openai_api_key else None)
@@ -246,6 +248,14 @@ class Gateway:
         client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=self.settings.llm_max_retries,
                                     timeout=self._timeout, http_client=http or self._http)
         return Provider(kind, client, model, pinned_model)
+
+    def model_label(self, model: str) -> str:
+        """A model's name in the metrics: the priced family or a configured model, else "other"
+        (tenants name models freely; the metrics' series must not grow with them)."""
+        family = self.prices.family(model)
+        if family is not None:
+            return family
+        return model if model in self._configured_models else metrics.OTHER
 
     @property
     def client_count(self) -> int:
@@ -301,12 +311,15 @@ class CallContext:
                outcome: str, error: str | None = None) -> Decimal:
         """Account for one provider call (written in the background) and return its cost."""
         cost = self.gateway.prices.cost(model, usage.input_tokens, usage.output_tokens)
+        seconds = time.monotonic() - started
         call = accounting.LLMCall(
             tenant_id=self.tenant_id, key_id=self.key_id, endpoint=self.endpoint, provider=provider.kind,
             model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            usage_estimated=usage.estimated, cost_usd=cost, latency_ms=round((time.monotonic() - started) * 1000),
+            usage_estimated=usage.estimated, cost_usd=cost, latency_ms=round(seconds * 1000),
             attempts=attempts, outcome=outcome, error=error)
         self.gateway.recorder.submit(call)
+        metrics.observe_llm_call(provider.kind, self.gateway.model_label(model), outcome, attempts,
+                                 usage.input_tokens, usage.output_tokens, float(cost), seconds)
         return cost
 
     async def _send(self, model: str | None, **options) -> tuple[Provider, str, Any, float, int]:

@@ -42,10 +42,14 @@ class PriceTable:
         self._prices = {model: (Decimal(str(i)), Decimal(str(o))) for model, (i, o) in merged.items()}
         self._unpriced_seen: set[str] = set()
 
-    def price(self, model: str) -> tuple[Decimal, Decimal] | None:
+    def family(self, model: str) -> str | None:
+        """The table's entry that prices ``model``: its own, or its family's for a dated snapshot."""
         if model in self._prices:
-            return self._prices[model]
-        family = max((m for m in self._prices if model.startswith(m + "-")), key=len, default=None)
+            return model
+        return max((m for m in self._prices if model.startswith(m + "-")), key=len, default=None)
+
+    def price(self, model: str) -> tuple[Decimal, Decimal] | None:
+        family = self.family(model)
         return self._prices[family] if family else None
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:

@@ -83,7 +83,8 @@ vault ([operations](operations.md)).
 
 The admin CLI reads `DATABASE_URL` and the two `RATE_LIMIT_*` defaults (its backup
 commands read the whole configuration, and `encryption rotate` also needs
-`APP_ENCRYPTION_KEY`).
+`APP_ENCRYPTION_KEY`). `gunicorn.conf.py` sets `PROMETHEUS_MULTIPROC_DIR` itself, for the
+workers' metrics (a new temporary directory each time the service starts): leave it unset.
 """
 
 

@@ -15,9 +15,11 @@ SCENARIOS = {
     "defaults": ("-i", "localhost,", *templates.extra_vars(templates.REQUIRED)),
     # inventory/production.example with its vault's example values.
     "production": ("-i", str(PRODUCTION), "-e", f"@{PRODUCTION / 'group_vars/all/vault.yml.example'}"),
-    # A larger upload limit and a variable through app_extra_env.
-    "larger_uploads": ("-i", "localhost,", *templates.extra_vars(
-        {**templates.REQUIRED, "app_max_upload_bytes": 2 * 2**30 + 1, "app_extra_env": {"UPLOADS_PER_WORKER": "16"}})),
+    # What an operator may choose: a larger upload limit, a variable through app_extra_env, a
+    # metrics scraper from outside.
+    "operator_choices": ("-i", "localhost,", *templates.extra_vars(
+        {**templates.REQUIRED, "app_max_upload_bytes": 2 * 2**30 + 1, "app_extra_env": {"UPLOADS_PER_WORKER": "16"},
+         "nginx_metrics_password": "scraper-password-0000"})),
 }
 
 

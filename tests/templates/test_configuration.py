@@ -54,7 +54,7 @@ def test_role_defaults_equal_the_apps_defaults(name, role_variable):
 
 def test_the_environment_the_role_writes_is_the_one_the_app_reads(rendered):
     """The defaults plus the required values, and app_extra_env: all read back by the app."""
-    env = parse_env_file(rendered["larger_uploads"]["app.env"])
+    env = parse_env_file(rendered["operator_choices"]["app.env"])
     settings = Settings.from_env(env)
     assert settings.max_upload_bytes == 2 * 2**30 + 1 and settings.uploads_per_worker == 16
     assert settings.llm_model == "gpt-4o-mini" and settings.openai_base_url == "https://api.openai.com/v1"
@@ -79,10 +79,10 @@ def _check_env_file(path: Path) -> subprocess.CompletedProcess:
 
 def test_the_release_checks_the_environment_file_before_it_is_written(rendered, tmp_path):
     good = tmp_path / "good.env"
-    good.write_text(rendered["larger_uploads"]["app.env"])
+    good.write_text(rendered["operator_choices"]["app.env"])
     assert _check_env_file(good).returncode == 0
     bad = tmp_path / "bad.env"
-    bad.write_text(rendered["larger_uploads"]["app.env"] + 'LLM_MAX_RETRIES="lots"\n')
+    bad.write_text(rendered["operator_choices"]["app.env"] + 'LLM_MAX_RETRIES="lots"\n')
     result = _check_env_file(bad)
     assert result.returncode == 1
     assert result.stderr.strip() == "configuration error: LLM_MAX_RETRIES must be an integer, got 'lots'"

@@ -73,7 +73,7 @@ def test_nginx_body_limit_follows_the_apps_upload_limit(rendered):
     derives the limit from app_max_upload_bytes, so raising that raises both."""
     for scenario, max_upload in (("defaults", Settings.from_env({"DATABASE_URL": "postgresql://h/db",
                                                                   "S3_BUCKET": "b"}).max_upload_bytes),
-                                 ("larger_uploads", 2 * 2**30 + 1)):
+                                 ("operator_choices", 2 * 2**30 + 1)):
         conf = rendered[scenario]["course-supporter.conf"]
         limit = _directive(conf, "client_max_body_size")
         assert limit == f"{math.ceil(max_upload / MIB) + 1}m", scenario

@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.vps import configured_secrets
 
@@ -168,6 +169,17 @@ def test_the_app_answers_on_loopback_and_logs_json_lines(hosts):
         lines = host.check_output("journalctl _SYSTEMD_UNIT=course-supporter.service -o cat -n 200 --no-pager")
         records = [json.loads(line) for line in lines.splitlines()]
         assert any(r.get("logger") == "app.access" and r.get("path") == "/health" for r in records)
+
+
+def test_the_metrics_are_served_on_loopback_for_every_worker(hosts):
+    for host in hosts:
+        samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value for family in
+                   text_string_to_metric_families(host.check_output("curl -sS http://127.0.0.1:8000/metrics"))
+                   for sample in family.samples}
+        health = ("course_supporter_http_requests_total", (("method", "GET"), ("route", "/health"), ("status", "200")))
+        assert samples.get(health, 0) > 0  # Netdata's checks
+        workers = len(host.process.filter(comm="gunicorn")) - 1  # without the arbiter
+        assert samples[("course_supporter_db_pool_max_connections", ())] == 10 * workers  # the live workers' pools
 
 
 def test_the_admin_cli_runs_as_the_app_with_its_environment(hosts):

@@ -35,9 +35,11 @@ def _site_handshake(target, version: ssl.TLSVersion) -> str:
     return _handshake((target.hosts[0].address, 443), target.domain, target.ca_file, version)
 
 
-def test_health_is_ok(site):
+def test_health_is_ok_and_names_the_live_release(site, hosts):
     status, body = site.json("/health")
-    assert (status, body) == (200, {"status": "ok", "db": "ok", "s3": "ok"})
+    assert (status, body["status"], body["db"], body["s3"]) == (200, "ok", "ok", "ok")
+    live = hosts[0].file("/opt/course-supporter/current").linked_to.rsplit("/", 1)[1]
+    assert body["release"] == live and body["uptime_s"] >= 0
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
@@ -121,6 +123,13 @@ def test_the_api_document_and_its_ui_are_served(site):
     assert status == 200 and "swagger" in body.lower()
     status, document = site.json("/api/docs/openapi.json")
     assert status == 200 and document["openapi"] == "3.1.0" and "/api/v1/courses" in document["paths"]
+
+
+def test_the_metrics_are_not_served_from_outside(site):
+    status, headers, body = site("/metrics")
+    assert status in (401, 404) and "course_supporter_" not in body  # 401: the operator enabled a scraper
+    if status == 404:
+        assert headers["content-type"].startswith("application/json")
 
 
 @pytest.mark.parametrize("port", CLOSED_PORTS)

@@ -1,0 +1,131 @@
+"""The app's metrics, in the Prometheus text format at ``GET /metrics`` (loopback only on the
+appliance: nginx does not pass it on without credentials).
+
+Under gunicorn every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``
+(gunicorn.conf.py makes a fresh one at start-up, and marks a dead worker's gauges dead),
+and a scrape of any worker reads them all: counters survive a worker's restart, gauges count
+the live workers only. Outside gunicorn (tests, ``make dev`` in-process) the values are the
+process's own.
+
+Every label is bounded: routes are templates, never paths or ids; methods, statuses, scopes,
+providers and outcomes are small fixed sets; a model the server does not know is ``other``.
+Nothing is labelled by tenant or key, so the number of series does not grow with them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PATH = "/metrics"
+
+_PREFIX = "course_supporter_"
+# Request latencies: from a cached key lookup to a minute-long LLM call or upload.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+_LLM_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+OTHER = "other"
+
+http_requests = Counter(_PREFIX + "http_requests", "HTTP requests answered, by route template, method and status",
+                        ["route", "method", "status"])
+http_duration = Histogram(_PREFIX + "http_request_duration_seconds", "Time to answer a request, by route template",
+                          ["route", "method"], buckets=_LATENCY_BUCKETS)
+auth_duration = Histogram(_PREFIX + "auth_duration_seconds",
+                          "Time in the key lookup and rate-limit statement of an /api/v1 request", buckets=_FAST_BUCKETS)
+rate_limited = Counter(_PREFIX + "rate_limited", "Requests refused for the key's per-minute limit, by scope", ["scope"])
+
+llm_calls = Counter(_PREFIX + "llm_calls", "LLM provider calls, by provider, model and outcome",
+                    ["provider", "model", "outcome"])
+llm_attempts = Counter(_PREFIX + "llm_attempts", "Attempts the LLM calls made (1 + retries each)", ["provider"])
+llm_fallbacks = Counter(_PREFIX + "llm_fallbacks", "LLM calls handed to the fallback provider")
+llm_tokens = Counter(_PREFIX + "llm_tokens", "LLM tokens, by provider and direction", ["provider", "direction"])
+llm_cost = Counter(_PREFIX + "llm_cost_usd", "What the LLM calls cost, in USD", ["provider"])
+llm_latency = Histogram(_PREFIX + "llm_provider_latency_seconds", "Time an LLM call took, retries included",
+                        ["provider"], buckets=_LLM_BUCKETS)
+
+uploads_in_flight = Gauge(_PREFIX + "uploads_in_flight", "Uploads streaming to storage now",
+                          multiprocess_mode="livesum")
+uploads_waiting = Gauge(_PREFIX + "uploads_waiting", "Uploads waiting for a worker's upload slot",
+                        multiprocess_mode="livesum")
+upload_bytes = Counter(_PREFIX + "upload_bytes", "Bytes of uploads received")
+uploads_failed = Counter(_PREFIX + "uploads_failed", "Uploads that stored nothing, by their error code (or client_gone)",
+                         ["reason"])
+s3_errors = Counter(_PREFIX + "s3_errors", "S3 calls that failed, by operation", ["operation"])
+
+db_connections_in_use = Gauge(_PREFIX + "db_pool_connections_in_use", "Pooled database connections held by requests",
+                              multiprocess_mode="livesum")
+db_acquires_waiting = Gauge(_PREFIX + "db_pool_acquires_waiting", "Requests waiting for a pooled connection",
+                            multiprocess_mode="livesum")
+db_pool_size = Gauge(_PREFIX + "db_pool_max_connections", "The most connections the workers' pools may open",
+                     multiprocess_mode="livesum")
+last_backup = Gauge(_PREFIX + "last_backup_timestamp_seconds",
+                    "When the newest database backup in the bucket was stored (Unix time)", multiprocess_mode="max")
+
+
+
+def route_of(request: web.Request) -> str:
+    """The request's route template (``/api/v1/courses/{course_id}``), never its path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def method_of(request: web.Request) -> str:
+    return request.method if request.method in KNOWN_METHODS else OTHER
+
+
+def observe_request(request: web.Request, status: int, seconds: float) -> None:
+    route, method = route_of(request), method_of(request)
+    http_requests.labels(route, method, str(status)).inc()
+    http_duration.labels(route, method).observe(seconds)
+
+
+class ModelNames:
+    """The models the server knows (its configured ones and its price table); any other is
+    ``other``, so that a tenant naming models cannot add series."""
+
+    def __init__(self, known: Iterable[str | None]) -> None:
+        self.known = frozenset(name for name in known if name)
+
+    def __call__(self, model: str) -> str:
+        return model if model in self.known else OTHER
+
+
+def observe_llm_call(provider: str, model: str, outcome: str, attempts: int, input_tokens: int, output_tokens: int,
+                     cost_usd: float, seconds: float) -> None:
+    llm_calls.labels(provider, model, outcome).inc()
+    llm_attempts.labels(provider).inc(attempts)
+    if provider == "fallback":
+        llm_fallbacks.inc()
+    llm_tokens.labels(provider, "input").inc(input_tokens)
+    llm_tokens.labels(provider, "output").inc(output_tokens)
+    llm_cost.labels(provider).inc(cost_usd)
+    llm_latency.labels(provider).observe(seconds)
+
+
+def _registry() -> CollectorRegistry:
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    """Every worker's metrics, in the format the scraper asks for (Prometheus text by default)."""
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encode(_registry()), headers={"Content-Type": content_type})
+
+
+def mark_worker_dead(pid: int) -> None:
+    """gunicorn's child_exit: the dead worker's live gauges stop counting (its counters stay)."""
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        multiprocess.mark_process_dead(pid)
+
