@@ -16,9 +16,11 @@ _METRICS_DIR_MADE_HERE = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _METRICS_DIR_MADE_HERE:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="course-supporter-metrics-")
 
+from app import error_tracking  # noqa: E402
 from app.config import ConfigError, Settings  # noqa: E402
 from app.log import JsonLinesHandler  # noqa: E402
 from app.metrics import mark_worker_dead  # noqa: E402
+from app.release import RELEASE  # noqa: E402
 from app.serve import GRACEFUL_TIMEOUT_S  # noqa: E402
 
 worker_class = "aiohttp.GunicornWebWorker"
@@ -39,12 +41,14 @@ logconfig_dict = {
 
 
 def on_starting(server):
-    """Refuse to start with a bad environment: one line naming the variable, no traceback."""
+    """Refuse to start with a bad environment: one line naming the variable, no traceback. With
+    SENTRY_DSN, the master reports its workers' crashes (and the workers inherit the client)."""
     try:
-        Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as exc:
         server.log.error(str(exc))
         sys.exit(1)
+    error_tracking.setup(settings, RELEASE)
 
 
 def child_exit(server, worker):

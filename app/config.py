@@ -203,6 +203,15 @@ def _text(value: str) -> str:
     return value
 
 
+@accepts("a Sentry DSN: `https://<public key>@<host>/<project id>`")
+def _sentry_dsn(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.username or not parts.path.strip("/"):
+        raise ValueError("must look like https://<public key>@<host>/<project id>")
+    check_host_and_port(parts)
+    return value
+
+
 @accepts("a bucket name as botocore takes it: letters, digits, `.`, `-`, `_`; 1 to 255")
 def _bucket(value: str) -> str:
     if not VALID_BUCKET.fullmatch(value):  # botocore refuses every request to such a bucket
@@ -258,7 +267,7 @@ def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 # --- the declarations ---------------------------------------------------------
 
 # The docs' sections, in this order.
-GROUPS = ("Database and keys", "Storage (S3)", "Uploads", "LLM providers", "HTTP and logging")
+GROUPS = ("Database and keys", "Storage (S3)", "Uploads", "LLM providers", "HTTP and logging", "Error tracking")
 
 
 @dataclass(frozen=True)
@@ -369,6 +378,7 @@ _S3 = "Storage (S3)"
 _UPLOADS = "Uploads"
 _LLM = "LLM providers"
 _HTTP = "HTTP and logging"
+_ERRORS = "Error tracking"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -477,6 +487,13 @@ class Settings(DatabaseSettings):
         shown_default="unset: no CORS headers")
     log_level: str = setting(
         "LOG_LEVEL", _log_level, "The least severe level the app logs.", group=_HTTP, default="INFO")
+    sentry_dsn: str | None = setting(
+        "SENTRY_DSN", _sentry_dsn, "Where unexpected errors (the 500s, anything logged at ERROR) and crashed workers "
+        "are reported, with the request id, tenant and release, and without keys, passwords or prompts.",
+        group=_ERRORS, secret=True, shown_default="unset: nothing is reported, sentry-sdk is not even imported")
+    sentry_environment: str | None = setting(
+        "SENTRY_ENVIRONMENT", _text, "The environment the reports are filed under.", group=_ERRORS,
+        shown_default="Sentry's own (`production`)")
 
 
 def encryption_keys_from_env(env: Mapping[str, str] | None = None) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import backup
+from . import backup, error_tracking
 from .auth import auth_middleware
 from .config import Settings
 from .db import pool_ctx
@@ -13,6 +13,7 @@ from .keys import settings_key
 from .llm import llm_ctx
 from .log import setup_logging
 from .middlewares import add_response_headers, cors_middleware, request_context_middleware, validation_middleware
+from .release import RELEASE
 from .routes import setup_openapi, setup_routes
 from .storage import stop_uploads_on_shutdown, storage_ctx
 
@@ -28,6 +29,7 @@ HEADER_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024, "max_h
 async def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     setup_logging(settings.log_level)
+    error_tracking.setup(settings, RELEASE)
     middlewares = [request_context_middleware, error_middleware]
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))

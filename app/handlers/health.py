@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from pathlib import Path
 
 from aiohttp import web
 
 from .. import __version__
+from ..release import RELEASE, uptime_s
 from ..jsonutil import json_response
 from ..keys import db_pool_key, storage_key
 from ..openapi import Response, operation
@@ -18,21 +17,6 @@ from ..schemas import HealthSchema
 log = logging.getLogger("app.health")
 
 DB_TIMEOUT_S = 2.0
-# gunicorn's master imports the app before it forks its workers: this is the service's start,
-# and a reload (new workers) keeps it.
-STARTED = time.monotonic()
-# The app role marks a deployed release complete with its id, in the release's top directory.
-RELEASE_MARK = Path(__file__).resolve().parents[2] / ".complete"
-
-
-def _release() -> str:
-    try:
-        return RELEASE_MARK.read_text().strip() or "unknown"
-    except OSError:
-        return "unpackaged"  # a checkout, not a deployed release
-
-
-RELEASE = _release()
 
 
 async def _db_ok(app: web.Application) -> bool:
@@ -57,5 +41,5 @@ async def health(request: web.Request) -> web.Response:
     body = {"status": "ok" if db_ok and s3_ok else "degraded",
             "db": "ok" if db_ok else "error",
             "s3": "ok" if s3_ok else "error",
-            "release": RELEASE, "version": __version__, "uptime_s": int(time.monotonic() - STARTED)}
+            "release": RELEASE, "version": __version__, "uptime_s": uptime_s()}
     return json_response(body, status=200 if body["status"] == "ok" else 503)
