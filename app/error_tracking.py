@@ -71,7 +71,7 @@ class Scrubber:
         return self.walk(crumb)
 
 
-def setup(settings: Settings, release: str, extra_secrets: Iterable[str] = ()) -> bool:
+def setup(settings: Settings, release: str) -> bool:
     """Start sending events to ``SENTRY_DSN``, once per process; False when it is unset."""
     if not settings.sentry_dsn:
         return False
@@ -81,7 +81,7 @@ def setup(settings: Settings, release: str, extra_secrets: Iterable[str] = ()) -
 
     if sentry_sdk.get_client().is_active():  # the gunicorn master's, inherited by its worker
         return True
-    scrubber = Scrubber(secrets_of(settings), extra_secrets)
+    scrubber = Scrubber(secrets_of(settings))
     sentry_sdk.init(
         dsn=settings.sentry_dsn, release=release, environment=settings.sentry_environment,
         send_default_pii=False, include_local_variables=False, max_request_body_size="never",

@@ -109,8 +109,8 @@ async def validation_middleware(request: web.Request, handler) -> web.StreamResp
     declared = operation_of(request.match_info.handler)
     if declared is None:
         return await handler(request)
-    if declared.body is not None and request.body_exists:
-        await _check_json_body(request, declared.body())
+    if declared.body_schema is not None and request.body_exists:
+        await _check_json_body(request, declared.body_schema)
     await validate_input(request, declared)
     return await handler(request)
 

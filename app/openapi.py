@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 from aiohttp import web
@@ -113,6 +114,19 @@ class Operation:
     query_parameters: tuple[Mapping[str, Any], ...] = ()  # described only (the handler reads them itself)
     path: type[Schema] | None = None
 
+    # The schemas' instances, made once (validating reuses them for every request).
+    @functools.cached_property
+    def body_schema(self) -> Schema | None:
+        return self.body() if self.body is not None else None
+
+    @functools.cached_property
+    def query_schema(self) -> Schema | None:
+        return self.query() if self.query is not None else None
+
+    @functools.cached_property
+    def path_schema(self) -> Schema | None:
+        return self.path() if self.path is not None else None
+
 
 def operation(operation_id: str, *, summary: str, tags: tuple[str, ...] | list[str], scopes: tuple[str, ...] | None,
               responses: Mapping[int, Response], errors: Mapping[int, tuple[str, ...]] | None = None,
@@ -151,12 +165,12 @@ _parser = _Parser()
 
 async def validate_input(request: web.Request, declared: Operation) -> None:
     """The declared path, query and JSON body, parsed and validated (422 with details)."""
-    if declared.path is not None:
-        request[path_key] = await _parser.parse(declared.path(), request, location="match_info")
-    if declared.query is not None:
-        request[query_key] = await _parser.parse(declared.query(), request, location="query")
-    if declared.body is not None:
-        request[body_key] = await _parser.parse(declared.body(), request, location="json")
+    if declared.path_schema is not None:
+        request[path_key] = await _parser.parse(declared.path_schema, request, location="match_info")
+    if declared.query_schema is not None:
+        request[query_key] = await _parser.parse(declared.query_schema, request, location="query")
+    if declared.body_schema is not None:
+        request[body_key] = await _parser.parse(declared.body_schema, request, location="json")
 
 
 # --- the document -----------------------------------------------------------------------

@@ -1,12 +1,11 @@
-"""URL table, the OpenAPI document (Swagger UI at /docs)."""
+"""The URL table, and the OpenAPI document with Swagger UI at /docs."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
-from . import __version__
-from . import metrics
+from . import __version__, metrics
 from .handlers import courses, gpt, health, homework, llm_settings, materials, reports, slides
 from .jsonutil import dumps_bytes
 from .openapi import openapi_document

@@ -218,16 +218,11 @@ class Storage:
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` and abort its unfinished multipart uploads."""
         deleted = 0
-        token: dict = {}
-        while True:
-            page = await self.call("list_objects_v2", Prefix=prefix, **token)
-            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        async for objects in self.object_pages(prefix):
+            keys = [{"Key": item["Key"]} for item in objects]
             if keys:
                 await self.call("delete_objects", Delete={"Objects": keys, "Quiet": True})
                 deleted += len(keys)
-            if not page.get("IsTruncated"):
-                break
-            token = {"ContinuationToken": page["NextContinuationToken"]}
         for upload in [u async for u in self._multipart_uploads(prefix)]:
             await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         return deleted
@@ -240,6 +235,16 @@ class Storage:
         for upload in stale:
             await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         return len(stale)
+
+    async def object_pages(self, prefix: str) -> AsyncIterator[list[dict]]:
+        """The objects under ``prefix`` (S3's listing: Key, LastModified, Size, ...), page by page."""
+        token: dict = {}
+        while True:
+            page = await self.call("list_objects_v2", Prefix=prefix, **token)
+            yield page.get("Contents", [])
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
 
     async def _multipart_uploads(self, prefix: str) -> AsyncIterator[dict]:
         """Every unfinished multipart upload under ``prefix``, page by page."""

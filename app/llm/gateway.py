@@ -34,9 +34,9 @@ import httpx2
 import openai
 from openai.types import CompletionUsage
 
+from .. import metrics
 from ..config import Settings
 from ..errors import ApiError, ServiceUnavailable
-from .. import metrics
 from ..jsonutil import carriable, loads
 from . import accounting, byok
 from .byok import KeyBox

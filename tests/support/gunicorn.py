@@ -38,7 +38,16 @@ class Gunicorn(Service):
         )
         wait_for_port(self.port, proc=self.proc, timeout=60)
         self.wait_healthy()
+        self.wait_for_workers()
         return self
+
+    def wait_for_workers(self, timeout: float = 60) -> None:
+        """Until every worker is forked (one answering /health does not mean all are up)."""
+        deadline = time.monotonic() + timeout
+        while len(self.worker_pids()) < self.workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gunicorn has {len(self.worker_pids())} of {self.workers} workers")
+            time.sleep(0.1)
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -9,8 +9,8 @@ import json
 import re
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.metrics import samples as scrape_samples
 from tests.support.vps import configured_secrets
 
 SERVICES = ["course-supporter.socket", "course-supporter", "postgresql", "nginx", "netdata", "nftables", "ssh"]
@@ -173,9 +173,7 @@ def test_the_app_answers_on_loopback_and_logs_json_lines(hosts):
 
 def test_the_metrics_are_served_on_loopback_for_every_worker(hosts):
     for host in hosts:
-        samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value for family in
-                   text_string_to_metric_families(host.check_output("curl -sS http://127.0.0.1:8000/metrics"))
-                   for sample in family.samples}
+        samples = scrape_samples(host.check_output("curl -sS http://127.0.0.1:8000/metrics"))
         health = ("course_supporter_http_requests_total", (("method", "GET"), ("route", "/health"), ("status", "200")))
         assert samples.get(health, 0) > 0  # Netdata's checks
         workers = len(host.process.filter(comm="gunicorn")) - 1  # without the arbiter
