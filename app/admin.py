@@ -221,7 +221,13 @@ def cmd_backup_restore(args, settings):
     return _backup_call("the backup could not be read", backup.restore, args.backup, args.database)
 
 
+def cmd_backup_drill(args, settings):
+    return _backup_call("the backup could not be read", backup.drill, args.backup, args.database)
+
+
 NEEDS_NO_DATABASE = (cmd_encryption_new_key,)
+# Commands that print their result and exit 1 when it says it failed ("ok": false).
+FAIL_WHEN_NOT_OK = (cmd_backup_drill,)
 
 
 # --- output --------------------------------------------------------------------
@@ -338,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--database", required=True,
                          help="the empty database to load it into (same server and login as DATABASE_URL)")
     restore.set_defaults(func=cmd_backup_restore)
+    drill = backups.add_parser("drill", parents=[json_flag],
+                               help="restore a backup into an empty scratch database and compare it with the "
+                                    "fingerprint taken with it (exit 1 if it differs or fails)")
+    drill.add_argument("backup", nargs="?", default="latest",
+                       help='"latest" (the default) or an object key (backups/course-supporter-<UTC>.dump)')
+    drill.add_argument("--database", required=True,
+                       help="the empty scratch database to restore into (same server and login as DATABASE_URL)")
+    drill.set_defaults(func=cmd_backup_drill)
     return parser
 
 
@@ -381,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CommandError as exc:
             _tell(f"error: the new key could not be shown (the output was closed), nor revoked: {exc}")
         return 1
-    return 0
+    return 1 if args.func in FAIL_WHEN_NOT_OK and not result["ok"] else 0
 
 
 if __name__ == "__main__":

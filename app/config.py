@@ -198,6 +198,17 @@ def _log_level(value: str) -> str:
     return level
 
 
+_SWITCH = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+@accepts("`true` or `false` (also `yes`/`no`, `on`/`off`, `1`/`0`; any case)")
+def _switch(value: str) -> bool:
+    try:
+        return _SWITCH[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"must be true or false, got {_shown(value)}") from None
+
+
 @accepts("text")
 def _text(value: str) -> str:
     return value
@@ -487,6 +498,10 @@ class Settings(DatabaseSettings):
         shown_default="unset: no CORS headers")
     log_level: str = setting(
         "LOG_LEVEL", _log_level, "The least severe level the app logs.", group=_HTTP, default="INFO")
+    metrics_enabled: bool = setting(
+        "METRICS_ENABLED", _switch, "Whether the app keeps its metrics and serves them at `/metrics` (off: `/metrics` "
+        "is a 404 and Netdata's charts of them stay empty).", group=_HTTP, default=True,
+        shown_default="`true`")
     sentry_dsn: str | None = setting(
         "SENTRY_DSN", _sentry_dsn, "Where unexpected errors (the 500s, anything logged at ERROR) and crashed workers "
         "are reported, with the request id, tenant and release, and without keys, passwords or prompts.",

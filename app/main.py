@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import backup, error_tracking
+from . import backup, error_tracking, metrics
 from .auth import auth_middleware
 from .config import Settings
 from .db import pool_ctx
@@ -30,6 +30,8 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     setup_logging(settings.log_level)
     error_tracking.setup(settings, RELEASE)
+    if not settings.metrics_enabled:
+        metrics.switch_off()
     middlewares = [request_context_middleware, error_middleware]
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))

@@ -15,11 +15,12 @@ Nothing is labelled by tenant or key, so the number of series does not grow with
 from __future__ import annotations
 
 import os
-from typing import Iterable
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.exposition import choose_encoder
+
+from .errors import NotFound
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PATH = "/metrics"
@@ -67,8 +68,15 @@ db_acquires_waiting = Gauge(_PREFIX + "db_pool_acquires_waiting", "Requests wait
 db_pool_size = Gauge(_PREFIX + "db_pool_max_connections", "The most connections the workers' pools may open",
                      multiprocess_mode="livesum")
 last_backup = Gauge(_PREFIX + "last_backup_timestamp_seconds",
-                    "When the newest database backup in the bucket was stored (Unix time)", multiprocess_mode="max")
-
+                    "When the newest database backup in the bucket was taken (Unix time)",
+                    multiprocess_mode="livemax")
+drill_last_success = Gauge(_PREFIX + "restore_drill_last_success_timestamp_seconds",
+                           "When the last restore drill that brought every table back as taken finished (Unix time)",
+                           multiprocess_mode="livemax")
+drill_last_ok = Gauge(_PREFIX + "restore_drill_last_ok", "Whether the last restore drill passed (1) or failed (0)",
+                      multiprocess_mode="livemax")
+drill_last_seconds = Gauge(_PREFIX + "restore_drill_last_duration_seconds", "How long the last restore drill took",
+                           multiprocess_mode="livemax")
 
 
 def route_of(request: web.Request) -> str:
@@ -87,17 +95,6 @@ def observe_request(request: web.Request, status: int, seconds: float) -> None:
     http_duration.labels(route, method).observe(seconds)
 
 
-class ModelNames:
-    """The models the server knows (its configured ones and its price table); any other is
-    ``other``, so that a tenant naming models cannot add series."""
-
-    def __init__(self, known: Iterable[str | None]) -> None:
-        self.known = frozenset(name for name in known if name)
-
-    def __call__(self, model: str) -> str:
-        return model if model in self.known else OTHER
-
-
 def observe_llm_call(provider: str, model: str, outcome: str, attempts: int, input_tokens: int, output_tokens: int,
                      cost_usd: float, seconds: float) -> None:
     llm_calls.labels(provider, model, outcome).inc()
@@ -110,6 +107,33 @@ def observe_llm_call(provider: str, model: str, outcome: str, attempts: int, inp
     llm_latency.labels(provider).observe(seconds)
 
 
+class _Off:
+    """An instrument that records nothing: every instrument, with ``METRICS_ENABLED=false``."""
+
+    def labels(self, *values: str) -> "_Off":
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    dec = set = observe = inc
+
+
+_INSTRUMENTS = ("http_requests", "http_duration", "auth_duration", "rate_limited", "llm_calls", "llm_attempts",
+                "llm_fallbacks", "llm_tokens", "llm_cost", "llm_latency", "uploads_in_flight", "uploads_waiting",
+                "upload_bytes", "uploads_failed", "s3_errors", "db_connections_in_use", "db_acquires_waiting",
+                "db_pool_size", "last_backup", "drill_last_success", "drill_last_ok", "drill_last_seconds")
+enabled = True
+
+
+def switch_off() -> None:
+    """``METRICS_ENABLED=false``: this process records nothing, and ``/metrics`` is a 404."""
+    global enabled
+    enabled = False
+    for name in _INSTRUMENTS:
+        globals()[name] = _Off()
+
+
 def _registry() -> CollectorRegistry:
     if os.environ.get(MULTIPROC_DIR_ENV):
         registry = CollectorRegistry()
@@ -120,6 +144,8 @@ def _registry() -> CollectorRegistry:
 
 async def serve_metrics(request: web.Request) -> web.Response:
     """Every worker's metrics, in the format the scraper asks for (Prometheus text by default)."""
+    if not enabled:
+        raise NotFound("Metrics are switched off on this server (METRICS_ENABLED=false).")
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encode(_registry()), headers={"Content-Type": content_type})
 

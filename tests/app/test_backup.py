@@ -10,6 +10,7 @@ import pytest
 
 from app import backup
 from app.config import Settings
+from app.storage import Storage
 from tests.support.admin_cli import admin
 from tests.support.names import unique
 
@@ -111,3 +112,89 @@ def test_a_broken_archive_restores_nothing(settings, s3, bucket, pg, app_env):
     assert run.returncode == 1 and "pg_restore exited" in run.stderr
     # One transaction: not a single table of the half archive stayed.
     assert pg.psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'", target) == "0"
+
+
+async def test_the_newest_backup_is_dated_by_the_time_in_its_name(s3, bucket):
+    """The metric's source: a backup copied back into the bucket keeps its age, and objects
+    that are not backups' are not counted."""
+    client = s3.client()
+    newest = "backups/course-supporter-20991231T235959Z.dump"  # newer than any the tests take
+    client.put_object(Bucket=bucket, Key=newest, Body=b"x")
+    client.put_object(Bucket=bucket, Key="backups/course-supporter-latest.dump", Body=b"x")
+    store = Storage(bucket, s3.endpoint_url)
+    try:
+        when = await backup.newest_backup_time(store)
+    finally:
+        store.close()
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [
+            {"Key": newest}, {"Key": "backups/course-supporter-latest.dump"}]})
+    assert when == datetime.datetime(2099, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
+    assert backup.taken_at("backups/notes.txt") is None
+
+
+def _drill(app_env, key: str, pg, name: str):
+    target = unique(name).replace("-", "_")
+    pg.create_database(target)
+    return admin("backup", "drill", key, "--database", target, "--json", env=app_env), target
+
+
+def test_a_drill_restores_a_backup_and_finds_every_table_as_it_was_taken(settings, pg, database_url, app_env):
+    source = database_url.rsplit("/", 1)[1]
+    pg.psql(f"INSERT INTO tenants (name) VALUES ('{unique('drill-probe')}')", source)
+    key = backup.create(settings, keep_days=3650)["key"]
+    pg.psql(f"INSERT INTO tenants (name) VALUES ('{unique('after-the-backup')}')", source)  # not in the backup
+    run, target = _drill(app_env, key, pg, "drill")
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads(run.stdout)
+    assert report["ok"] is True and report["key"] == key and report["database"] == target and report["seconds"] >= 0
+    assert "restored as taken" in report["detail"]
+    assert pg.psql("SELECT count(*) FROM tenants", target) != pg.psql("SELECT count(*) FROM tenants", source)
+    recorded = pg.psql("SELECT backup_key || ' ' || ok FROM restore_drills ORDER BY id DESC LIMIT 1", source)
+    assert recorded == f"{key} true"
+
+
+def test_a_drill_of_a_backup_that_does_not_hold_what_was_taken_fails_and_says_which_table(
+        settings, s3, bucket, pg, database_url, app_env):
+    """A dump replaced by another one (later data) under the same name: it restores, but
+    its rows differ from the fingerprint taken with the original."""
+    source = database_url.rsplit("/", 1)[1]
+    key = backup.create(settings, keep_days=3650)["key"]
+    pg.psql(f"INSERT INTO tenants (name) VALUES ('{unique('changed')}')", source)
+    later = backup.create(settings, keep_days=40000, now=datetime.datetime(2099, 1, 1, tzinfo=datetime.timezone.utc))
+    client = s3.client()
+    client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": later["key"]})
+    client.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": later["key"]}, {"Key": backup.fingerprint_key(later["key"])}]})
+    run, _ = _drill(app_env, key, pg, "drill_bad")
+    assert run.returncode == 1
+    report = json.loads(run.stdout)
+    assert report["ok"] is False and "tenants: " in report["detail"]
+    assert pg.psql("SELECT ok FROM restore_drills ORDER BY id DESC LIMIT 1", source) == "f"
+
+
+def test_a_drill_of_a_broken_archive_or_one_without_a_fingerprint_fails(settings, s3, bucket, pg, app_env):
+    good = backup.create(settings, keep_days=3650)["key"]
+    client = s3.client()
+    body = client.get_object(Bucket=bucket, Key=good)["Body"].read()
+    broken = "backups/course-supporter-19991230T000000Z.dump"
+    client.put_object(Bucket=bucket, Key=broken, Body=body[: len(body) // 2])
+    client.copy_object(Bucket=bucket, Key=backup.fingerprint_key(broken),
+                       CopySource={"Bucket": bucket, "Key": backup.fingerprint_key(good)})
+    run, _ = _drill(app_env, broken, pg, "drill_broken")
+    assert run.returncode == 1 and "pg_restore exited" in json.loads(run.stdout)["detail"]
+    bare = "backups/course-supporter-19991229T000000Z.dump"
+    client.put_object(Bucket=bucket, Key=bare, Body=body)
+    run, _ = _drill(app_env, bare, pg, "drill_bare")
+    assert run.returncode == 1 and "has no fingerprint" in json.loads(run.stdout)["detail"]
+    client.delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": broken}, {"Key": backup.fingerprint_key(broken)}, {"Key": bare}]})
+
+
+def test_pruning_a_backup_deletes_its_fingerprint(settings, s3, bucket):
+    old = backup.create(settings, keep_days=3650, now=datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc))
+    assert s3.client().head_object(Bucket=bucket, Key=backup.fingerprint_key(old["key"]))
+    new = backup.create(settings, keep_days=3650, now=datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc))
+    keys = {o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix="backups/")["Contents"]}
+    assert old["key"] not in keys and backup.fingerprint_key(old["key"]) not in keys
+    s3.client().delete_objects(Bucket=bucket, Delete={"Objects": [
+        {"Key": new["key"]}, {"Key": backup.fingerprint_key(new["key"])}]})

@@ -5,26 +5,22 @@ or the model names tenants choose."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
+import urllib.error
 import urllib.request
 import uuid
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.gunicorn import Gunicorn
+from tests.support.metrics import samples as _samples
 from tests.support.vps import wait_for
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _samples(text: str) -> dict[tuple, float]:
-    """(sample name, sorted labels) -> value, for every sample of the scrape."""
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def _value(samples: dict, name: str, **labels) -> float:
@@ -172,3 +168,14 @@ def test_gunicorn_makes_and_removes_its_own_metrics_directory(app_env, tmp_path)
         assert _scrape_server(server.url)
         assert len(made()) == 1 and any(made()[0].iterdir())
     assert wait_for(lambda: not made(), timeout=10, interval=0.2)
+
+
+@pytest.mark.gunicorn
+def test_with_metrics_switched_off_the_app_serves_and_metrics_is_a_json_404(app_env):
+    with Gunicorn({**app_env, "METRICS_ENABLED": "false"}, workers=1) as server:
+        with urllib.request.urlopen(server.url + "/health", timeout=10) as resp:
+            assert resp.status == 200
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(server.url + "/metrics", timeout=10)
+        assert answer.value.code == 404
+        assert json.loads(answer.value.read())["error"]["code"] == "not_found"

@@ -23,6 +23,9 @@ no middleware, log or validation. Its ratio against the bare app is about the
 most any implementation of the issue reaches on this stack, and app/floor shows
 how much of the gap is the app's own code.
 
+A fifth server runs the app with METRICS_ENABLED=false: the app's figure against it is
+what keeping the metrics costs (target: at most 3 % of rps).
+
 Each wrk run also reads the workers' CPU time from /proc: the sides' CPU per
 request compares more steadily than their rps on a noisy machine, and the
 busiest worker's share shows how wrk's keep-alive connections landed: the first
@@ -56,6 +59,8 @@ WARM_UP_S = 2
 CONNECTIONS = 16
 THREADS = 2
 TARGET_RATIO = 0.5
+# Keeping the metrics may cost at most this share of the app's throughput.
+METRICS_TARGET_COST = 0.03
 
 
 def wrk(url: str, headers: dict[str, str], duration: int = DURATION_S) -> dict[str, float]:
@@ -139,6 +144,9 @@ def main() -> int:
         with contextlib.ExitStack() as servers:
             app_server = servers.enter_context(
                 Gunicorn(env, workers=WORKERS, app="app.main:create_app", ready_path="/health"))
+            no_metrics_server = servers.enter_context(
+                Gunicorn({**env, "METRICS_ENABLED": "false"}, workers=WORKERS, app="app.main:create_app",
+                         ready_path="/health"))
             bare_server = servers.enter_context(
                 Gunicorn(env, workers=WORKERS, app="tests.bench.bare_app:create_app", ready_path="/select1"))
             one_trip_server = servers.enter_context(
@@ -149,6 +157,8 @@ def main() -> int:
             figures = measure_alternating({
                 "app": (f"{app_server.url}/api/v1/courses/{course_id}", {"X-API-Key": key},
                         app_server.worker_pids()),
+                "no_metrics": (f"{no_metrics_server.url}/api/v1/courses/{course_id}", {"X-API-Key": key},
+                               no_metrics_server.worker_pids()),
                 "floor": (f"{floor_server.url}/api/v1/courses/{course_id}", {"X-API-Key": key},
                           floor_server.worker_pids()),
                 "bare": (f"{bare_server.url}/select1", {}, bare_server.worker_pids()),
@@ -156,6 +166,9 @@ def main() -> int:
             })
     api_stolen = stolen_share(started)
     app, floor, bare, one_trip = figures["app"], figures["floor"], figures["bare"], figures["one_trip"]
+    no_metrics = figures["no_metrics"]
+    metrics_cost = 1 - app["rps"] / no_metrics["rps"]
+    metrics_cpu_cost = app["cpu_us"] / no_metrics["cpu_us"] - 1
     ratio = app["rps"] / bare["rps"]
     round_ratios = [a / b for a, b in zip(app["rounds"], bare["rounds"])]
     uploads_ok = upload.report(upload.run())
@@ -166,10 +179,12 @@ def main() -> int:
           f"{ROUNDS} alternating rounds, medians")
     print(f"{'':40} {'rps':>10} {'p99 ms':>8}")
     print(f"{'GET /api/v1/courses/{id} (auth+limit)':40} {app['rps']:>10.0f} {app['p99_ms']:>8.2f}")
+    print(f"{'  the same, METRICS_ENABLED=false':40} {no_metrics['rps']:>10.0f} {no_metrics['p99_ms']:>8.2f}")
     print(f"{'  the floor: the two statements alone':40} {floor['rps']:>10.0f} {floor['p99_ms']:>8.2f}")
     print(f"{'bare aiohttp+asyncpg SELECT 1':40} {bare['rps']:>10.0f} {bare['p99_ms']:>8.2f}")
     print(f"{'  the same, without the pool reset':40} {one_trip['rps']:>10.0f} {one_trip['p99_ms']:>8.2f}")
     print(f"{'rounds, app rps':40} {' '.join(f'{x:.0f}' for x in app['rounds'])}")
+    print(f"{'rounds, app rps without metrics':40} {' '.join(f'{x:.0f}' for x in no_metrics['rounds'])}")
     print(f"{'rounds, floor rps':40} {' '.join(f'{x:.0f}' for x in floor['rounds'])}")
     print(f"{'rounds, bare rps':40} {' '.join(f'{x:.0f}' for x in bare['rounds'])}")
     print(f"{'rounds, ratio':40} {' '.join(f'{x:.2f}' for x in round_ratios)}")
@@ -187,7 +202,10 @@ def main() -> int:
           f"during the whole run (figures from a run with much stolen are noise)")
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"throughput ratio app/bare = {ratio:.2f} (target >= {TARGET_RATIO}: {verdict})")
-    return 0 if ratio >= TARGET_RATIO and uploads_ok and gateway_ok and mix_ok and mix_vps_ok else 1
+    metrics_ok = metrics_cost <= METRICS_TARGET_COST
+    print(f"metrics cost: {metrics_cost:.1%} of rps, {metrics_cpu_cost:+.1%} worker CPU per request "
+          f"(target <= {METRICS_TARGET_COST:.0%} of rps: {'met' if metrics_ok else 'NOT met'})")
+    return 0 if ratio >= TARGET_RATIO and metrics_ok and uploads_ok and gateway_ok and mix_ok and mix_vps_ok else 1
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def boot() -> dict:
     machine.ensure_machine_rootfs()
     host.network_up(state)
     servers.start_all(state)
+    servers.record_site_ca()  # before the playbook: the VPS trusts these roots
     machine.boot(state)
     machine.wait_until_ready(state)
     return state
@@ -73,7 +74,6 @@ def up() -> int:
     if ansible_playbook(*SITE).returncode != 0:
         host.log("the playbook failed (see above); the VPS stays up: fix and run `make vps` again")
         return 1
-    servers.record_site_ca()
     description = write_vps_json(demo_key()["key"])
     elapsed = time.monotonic() - started
     url, key = description["url"], description["api_key"]

@@ -38,6 +38,7 @@ DNS_PORT = 8053
 S3_PORT = 9000
 TELEGRAM_PORT = 8443
 LLM_PORT = 8090
+LLM_FALLBACK_PORT = 8091                 # the app's fallback provider
 S3_BUCKET = "course-supporter-local"
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local-vps", "AWS_SECRET_ACCESS_KEY": "local-vps-secret",
                   "AWS_DEFAULT_REGION": "us-east-1"}

@@ -56,11 +56,22 @@ def ensure_ca() -> None:
 
 
 def ensure_server_cert(name: str, *, dns: list[str] = (), ips: list[str] = ()) -> tuple[Path, Path]:
-    """A leaf certificate signed by the local CA; returns (cert, key) paths."""
-    ensure_ca()
+    """A leaf certificate signed by the local CA, valid for a year; returns (cert, key) paths."""
     cert_path, key_path = PKI_DIR / f"{name}.pem", PKI_DIR / f"{name}.key"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
+    cert, key = issue_server_cert(dns=dns, ips=ips)
+    key_path.write_bytes(key)
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert)
+    return cert_path, key_path
+
+
+def issue_server_cert(*, dns: list[str] = (), ips: list[str] = (),
+                      validity: datetime.timedelta = _VALIDITY) -> tuple[bytes, bytes]:
+    """A new leaf certificate signed by the local CA, valid for ``validity`` from now:
+    (certificate PEM, key PEM)."""
+    ensure_ca()
     ca_key = serialization.load_pem_private_key(CA_KEY.read_bytes(), password=None)
     ca_cert = x509.load_pem_x509_certificate(CA_CERT.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
@@ -72,12 +83,12 @@ def ensure_server_cert(name: str, *, dns: list[str] = (), ips: list[str] = ()) -
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    _write_key(key_path, key)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))

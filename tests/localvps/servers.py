@@ -6,7 +6,8 @@
 - moto in server mode: the S3 bucket;
 - a fake Telegram Bot API that records Netdata's alerts in .vps/telegram.jsonl;
 - the OpenAI-compatible test server (tests/support/llm_server.py), the VPS's LLM
-  provider unless the caller's environment names a real one (OPENAI_API_KEY).
+  provider unless the caller's environment names a real one (OPENAI_API_KEY), and a
+  second one, its fallback provider.
 
 Each runs detached (it outlives `make vps`) and is tracked by PID in .vps/state.json.
 """
@@ -23,8 +24,8 @@ import boto3
 from tests.support.net import wait_for_port
 
 from . import host, pki
-from .layout import (DNS_PORT, HOST_ADDRESS, LLM_PORT, PEBBLE_MANAGEMENT_PORT, PEBBLE_PORT, S3_BUCKET, S3_CREDENTIALS,
-                     S3_PORT, SITE_CA, STATE_DIR, TELEGRAM_LOG, TELEGRAM_PORT, VPS_ADDRESS)
+from .layout import (DNS_PORT, HOST_ADDRESS, LLM_FALLBACK_PORT, LLM_PORT, PEBBLE_MANAGEMENT_PORT, PEBBLE_PORT,
+                     S3_BUCKET, S3_CREDENTIALS, S3_PORT, SITE_CA, STATE_DIR, TELEGRAM_LOG, TELEGRAM_PORT, VPS_ADDRESS)
 
 ACME_DIRECTORY = f"https://{HOST_ADDRESS}:{PEBBLE_PORT}/dir"
 S3_ENDPOINT = f"http://{HOST_ADDRESS}:{S3_PORT}"
@@ -72,10 +73,12 @@ def start_all(state: dict) -> None:
                                 "--key", str(key), "--log", str(TELEGRAM_LOG)], TELEGRAM_PORT)
     _ensure(state, "llm", [sys.executable, "-m", "tests.support.llm_server", "--listen", f"{HOST_ADDRESS}:{LLM_PORT}"],
             LLM_PORT)
+    _ensure(state, "llm-fallback", [sys.executable, "-m", "tests.support.llm_server",
+                                    "--listen", f"{HOST_ADDRESS}:{LLM_FALLBACK_PORT}"], LLM_FALLBACK_PORT)
 
 
 def stop_all(state: dict) -> None:
-    for name in ("llm", "telegram", "s3", "pebble", "challtestsrv"):
+    for name in ("llm-fallback", "llm", "telegram", "s3", "pebble", "challtestsrv"):
         host.stop(state, name)
 
 
