@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from tests.support.metrics import samples as scrape_samples
+from tests.support.paths import REPO_ROOT
 from tests.support.vps import configured_secrets
 
 SERVICES = ["course-supporter.socket", "course-supporter", "postgresql", "nginx", "netdata", "nftables", "ssh"]
-TIMERS = ["certbot.timer", "course-supporter-backup.timer"]
+TIMERS = ["certbot.timer", "course-supporter-backup.timer", "course-supporter-restore-drill.timer"]
 SECRET_FILES = ["/etc/course-supporter/env", "/etc/nginx/netdata.htpasswd", "/etc/netdata/health_alarm_notify.conf"]
 # The units the playbooks add; each runs sandboxed (systemd-analyze's 0-10 exposure scale).
-OUR_SERVICES = ["course-supporter.service", "course-supporter-backup.service"]
+OUR_SERVICES = ["course-supporter.service", "course-supporter-backup.service", "course-supporter-restore-drill.service"]
 MAX_EXPOSURE = 2.0
-ALARMS = {"course_supporter_down", "course_supporter_restarts", "course_supporter_ram_in_use",
-          "course_supporter_cpu_usage", "course_supporter_disk_space_free", "course_supporter_backup_failed"}
+# Every alarm the netdata role installs.
+ALARMS = set(re.findall(r"^\s*(?:alarm|template): (\w+)$",
+                        Path(REPO_ROOT, "roles/netdata/templates/health.conf.j2").read_text(), re.M))
 
 
 @pytest.mark.parametrize("name", SERVICES + TIMERS)
