@@ -74,7 +74,7 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
     async with acquire(request) as conn:
         decision = await authenticate(conn, digest, scopes)
-    metrics.auth_duration.observe(time.perf_counter() - started)
+    metrics.observe_auth(time.perf_counter() - started)
     if not decision.found or not hmac.compare_digest(decision.key_hash, digest):
         raise Unauthorized("The API key is not valid.", code="invalid_api_key")
     if not decision.usable:

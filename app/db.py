@@ -86,21 +86,27 @@ class _Acquire:
     session) into the 503; the statement's transaction is gone with it, nothing half-done."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
         self._ctx = pool.acquire(timeout=ACQUIRE_TIMEOUT_S)
 
     async def __aenter__(self) -> asyncpg.Connection:
-        metrics.db_acquires_waiting.inc()
+        # Only an acquire that finds every connection taken waits (and is counted): on the
+        # fast path the metrics cost one write less each way.
+        waits = self._pool.get_idle_size() == 0 and self._pool.get_size() >= self._pool.get_max_size()
+        if waits:
+            metrics.db_acquires_waiting.inc()
         try:
             conn = await self._ctx.__aenter__()
         except UNAVAILABLE as exc:
             raise _unavailable() from exc
         finally:
-            metrics.db_acquires_waiting.dec()
-        metrics.db_connections_in_use.inc()
+            if waits:
+                metrics.db_acquires_waiting.dec()
+        metrics.connection_taken()
         return conn
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        metrics.db_connections_in_use.dec()
+        metrics.connection_returned()
         try:
             await self._ctx.__aexit__(exc_type, exc, tb)  # a dead connection is dropped, not pooled
         except UNAVAILABLE as release_failure:

@@ -42,6 +42,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(llm_ctx)
     app.cleanup_ctx.append(backup.watch_ctx)
+    app.cleanup_ctx.append(metrics.flush_ctx)
     app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)
     setup_routes(app)

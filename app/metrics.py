@@ -14,15 +14,40 @@ Nothing is labelled by tenant or key, so the number of series does not grow with
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import os
+from typing import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import choose_encoder
 
 from .errors import NotFound
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+# In multiprocess mode every write asks the process identifier, to notice a fork; by
+# default that is os.getpid(), a system call per write, which on these machines cost
+# more than the rest of the metrics together. The pid is kept here instead, and renewed
+# in every child process as it is forked (gunicorn's workers).
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+def _process_identifier() -> int:
+    return _pid
+
+
+os.register_at_fork(after_in_child=_renew_pid)
+if os.environ.get(MULTIPROC_DIR_ENV):
+    values.ValueClass = values.MultiProcessValue(process_identifier=_process_identifier)
 PATH = "/metrics"
 
 _PREFIX = "course_supporter_"
@@ -89,10 +114,117 @@ def method_of(request: web.Request) -> str:
     return request.method if request.method in KNOWN_METHODS else OTHER
 
 
+# The per-request values are tallied in the worker's memory and written to the metrics
+# files (a locked mmap write each) once a FLUSH_INTERVAL_S by a background task, before
+# every scrape the worker answers, and when it stops: the hot path costs a few dict and
+# list operations instead of seven file writes.
+FLUSH_INTERVAL_S = 1.0
+
+
+class _HistogramTally:
+    """One histogram child's observations since the last flush."""
+
+    __slots__ = ("child", "bounds", "counts", "total", "seen")
+
+    def __init__(self, child) -> None:
+        self.child = child
+        self.bounds = tuple(child._upper_bounds)  # prometheus-client's buckets, +Inf last
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.seen = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1  # the first bucket with seconds <= bound
+        self.total += seconds
+        self.seen += 1
+
+    def flush(self) -> None:
+        if not self.seen:
+            return
+        self.child._sum.inc(self.total)  # what Histogram.observe writes, once for all of them
+        for bucket, count in zip(self.child._buckets, self.counts):
+            if count:
+                bucket.inc(count)
+        self.counts = [0] * len(self.bounds)
+        self.total, self.seen = 0.0, 0
+
+
+class _RequestTally:
+    """One (route, method, status) series: its count and latencies since the last flush."""
+
+    __slots__ = ("counter", "latency")
+
+    def __init__(self, route: str, method: str, status: int) -> None:
+        self.counter = http_requests.labels(route, method, str(status))
+        self.latency = _HistogramTally(http_duration.labels(route, method))
+
+    def flush(self) -> None:
+        if self.latency.seen:
+            self.counter.inc(self.latency.seen)
+        self.latency.flush()
+
+
+# Bounded like the series themselves.
+_request_tallies: dict[tuple[str, str, int], _RequestTally] = {}
+_auth_tally: _HistogramTally | None = None
+_connections_in_use = 0
+
+
 def observe_request(request: web.Request, status: int, seconds: float) -> None:
-    route, method = route_of(request), method_of(request)
-    http_requests.labels(route, method, str(status)).inc()
-    http_duration.labels(route, method).observe(seconds)
+    if not enabled:
+        return
+    key = (route_of(request), method_of(request), status)
+    tally = _request_tallies.get(key)
+    if tally is None:
+        tally = _request_tallies[key] = _RequestTally(*key)
+    tally.latency.observe(seconds)
+
+
+def observe_auth(seconds: float) -> None:
+    """Time in the key lookup and rate-limit statement of one /api/v1 request."""
+    global _auth_tally
+    if not enabled:
+        return
+    if _auth_tally is None:
+        _auth_tally = _HistogramTally(auth_duration)
+    _auth_tally.observe(seconds)
+
+
+def connection_taken() -> None:
+    global _connections_in_use
+    _connections_in_use += 1
+
+
+def connection_returned() -> None:
+    global _connections_in_use
+    _connections_in_use -= 1
+
+
+def flush() -> None:
+    """Write what this worker tallied since the last flush to the metrics files."""
+    if not enabled:
+        return
+    for tally in _request_tallies.values():
+        tally.flush()
+    if _auth_tally is not None:
+        _auth_tally.flush()
+    db_connections_in_use.set(_connections_in_use)
+
+
+async def flush_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: flush every FLUSH_INTERVAL_S, and a last time as the worker stops."""
+
+    async def keep_flushing() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            flush()
+
+    task = asyncio.create_task(keep_flushing())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    flush()
 
 
 def observe_llm_call(provider: str, model: str, outcome: str, attempts: int, input_tokens: int, output_tokens: int,
@@ -146,6 +278,7 @@ async def serve_metrics(request: web.Request) -> web.Response:
     """Every worker's metrics, in the format the scraper asks for (Prometheus text by default)."""
     if not enabled:
         raise NotFound("Metrics are switched off on this server (METRICS_ENABLED=false).")
+    flush()  # this worker's latest; the others' are at most FLUSH_INTERVAL_S old
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encode(_registry()), headers={"Content-Type": content_type})
 

@@ -121,8 +121,10 @@ def _scrape_server(url: str) -> dict:
 
 @pytest.mark.gunicorn
 def test_metrics_add_up_across_workers_and_survive_their_restart(app_env, tmp_path):
-    """Two workers: one scrape counts both workers' requests; after a reload (new workers) no
-    counter has lost anything, and the old workers' live gauges are gone with their files."""
+    """Two workers: a scrape counts both workers' requests (within the second a worker keeps
+    them before writing them); after a reload (new workers) no counter has lost anything,
+    the stopping workers having written theirs, and the old workers' live gauges are gone
+    with their files."""
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     requests = 200
@@ -139,8 +141,10 @@ def test_metrics_add_up_across_workers_and_survive_their_restart(app_env, tmp_pa
 
         asyncio.run(load())
         health = {"route": "/health", "method": "GET", "status": "200"}
+        # A worker writes what it tallied every second: the other worker's last second shows next.
+        assert wait_for(lambda: _value(_scrape_server(server.url), "course_supporter_http_requests_total",
+                                       **health) >= requests, timeout=5, interval=0.2)  # (and readiness probes)
         counted = _value(_scrape_server(server.url), "course_supporter_http_requests_total", **health)
-        assert counted >= requests  # (and the readiness probes)
         served = {int(m.group(1)) for f in metrics_dir.iterdir() if (m := re.match(r"counter_(\d+)\.db", f.name))}
         assert set(first_workers) <= served, "both workers served requests and wrote their counts"
 
@@ -179,3 +183,29 @@ def test_with_metrics_switched_off_the_app_serves_and_metrics_is_a_json_404(app_
             urllib.request.urlopen(server.url + "/metrics", timeout=10)
         assert answer.value.code == 404
         assert json.loads(answer.value.read())["error"]["code"] == "not_found"
+
+
+def test_tallied_observations_land_in_the_buckets_and_sum_a_direct_observe_gives():
+    """The hot path tallies in memory and flushes later (app.metrics): the result is the
+    histogram that prometheus-client's own observe() makes, edges included."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from app.metrics import _HistogramTally
+
+    registry = CollectorRegistry()
+    buckets = (0.01, 0.1, 1, 10)
+    direct = Histogram("direct", "d", buckets=buckets, registry=registry)
+    tallied = Histogram("tallied", "t", buckets=buckets, registry=registry)
+    tally = _HistogramTally(tallied)
+    for seconds in (0.0, 0.005, 0.01, 0.0100001, 0.1, 0.5, 1, 9.99, 10, 10.5, 3600):
+        direct.observe(seconds)
+        tally.observe(seconds)
+    tally.flush()
+    tally.flush()  # nothing new: nothing written twice
+    scraped = _samples(generate_latest(registry).decode())
+
+    def of(prefix: str) -> dict:
+        return {(name.removeprefix(prefix), labels): value for (name, labels), value in scraped.items()
+                if name.startswith(prefix) and not name.endswith("_created")}
+
+    assert of("direct") == of("tallied") and of("direct")[("_count", ())] == 11
