@@ -9,9 +9,11 @@ from tests.support.vps import wait_for
 
 
 def test_stopping_the_app_alerts_telegram_and_recovers(host, vps, curl):
+    """Stopped as the runbook stops it, socket and service: with the socket left listening,
+    the next request (Netdata's check of the public URL, every 10 s) starts it again."""
     log = Path(vps["telegram_log"])
     before = count_messages(log)
-    host.run_expect([0], "systemctl stop course-supporter")
+    host.run_expect([0], "systemctl stop course-supporter.socket course-supporter.service")
     try:
         critical = wait_for(lambda: [m for m in messages_since(log, before)
                                      if "course-supporter" in m["text"] and "critical" in m["text"].lower()],
@@ -19,7 +21,7 @@ def test_stopping_the_app_alerts_telegram_and_recovers(host, vps, curl):
         assert critical, f"no critical alert naming course-supporter within {ALERT_WAIT_S}s"
         assert critical[0]["chat_id"] and critical[0]["parse_mode"] == "HTML"
     finally:
-        host.run_expect([0], "systemctl start course-supporter")
+        host.run_expect([0], "systemctl start course-supporter.socket course-supporter.service")
     assert wait_for(lambda: curl("/health")[0] == 200, 60)
     recovered = wait_for(lambda: [m for m in messages_since(log, before)
                                   if "course-supporter" in m["text"] and "recovered" in m["text"].lower()],
