@@ -68,7 +68,8 @@ def test_a_burst_of_5xx_raises_the_5xx_ratio_and_clears(host, vps, curl, alarms)
 def test_requests_stuck_on_a_lock_raise_p99_latency_and_pool_saturation_and_clear(host, vps, curl, alarms):
     """A session holds the rate-limit table locked: every keyed request waits on it for its
     whole statement timeout, holding a pooled connection, and more wait for one."""
-    locker = host.run("systemd-run --unit cs-test-lock --collect runuser -u postgres -- psql -d course_supporter "
+    locker = host.run("systemd-run --unit cs-test-lock --collect --setenv=PGAPPNAME=cs-test-lock "
+                      "runuser -u postgres -- psql -d course_supporter "
                       "-c 'BEGIN' -c 'LOCK TABLE rate_limit_counters IN ACCESS EXCLUSIVE MODE' "
                       "-c 'SELECT pg_sleep(90)' -c 'COMMIT'")
     assert locker.rc == 0, locker.stderr
@@ -82,14 +83,16 @@ def test_requests_stuck_on_a_lock_raise_p99_latency_and_pool_saturation_and_clea
     for client in clients:
         client.start()
     try:
-        alarms.wait("course_supporter_db_pool_saturation", "CRITICAL")
+        alarms.wait("course_supporter_db_pool_saturation", "WARNING", "CRITICAL")
         alarms.wait("course_supporter_p99_latency", "WARNING", "CRITICAL")
     finally:
         stop.set()
-        host.run("systemctl stop cs-test-lock")
+        # The session's backend sleeps on with the lock after psql is gone: end it.
+        host.run("systemctl stop cs-test-lock; runuser -u postgres -- psql -d postgres -Atc "
+                 "\"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'cs-test-lock'\"")
         for client in clients:
             client.join(timeout=90)
-    assert curl("/api/v1/courses", "-H", f"X-API-Key: {vps['api_key']}")[0] == 200
+    assert wait_for(lambda: curl("/api/v1/courses", "-H", f"X-API-Key: {vps['api_key']}")[0] == 200, 60)
     alarms.wait("course_supporter_db_pool_saturation", "CLEAR", timeout=RECOVERY_WAIT_S)
     alarms.wait("course_supporter_p99_latency", "CLEAR", timeout=RECOVERY_WAIT_S)
 
