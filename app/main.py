@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import backup, error_tracking, metrics
-from .auth import auth_middleware
+from .auth import auth_ctx, auth_middleware
 from .config import Settings
 from .db import pool_ctx
 from .errors import error_middleware
@@ -39,6 +39,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares, handler_args=HEADER_LIMITS)
     app[settings_key] = settings
     app.cleanup_ctx.append(pool_ctx)
+    app.cleanup_ctx.append(auth_ctx)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(llm_ctx)
     app.cleanup_ctx.append(backup.watch_ctx)

@@ -65,7 +65,12 @@ http_requests = Counter(_PREFIX + "http_requests", "HTTP requests answered, by r
 http_duration = Histogram(_PREFIX + "http_request_duration_seconds", "Time to answer a request, by route template",
                           ["route", "method"], buckets=_LATENCY_BUCKETS)
 auth_duration = Histogram(_PREFIX + "auth_duration_seconds",
-                          "Time in the key lookup and rate-limit statement of an /api/v1 request", buckets=_FAST_BUCKETS)
+                          "Time to authenticate and admit an /api/v1 request (key cache, rate-limit slice, "
+                          "and the database when they need it)", buckets=_FAST_BUCKETS)
+key_lookups = Counter(_PREFIX + "key_lookups", "API keys looked up in the database: not in the worker's cache "
+                      "(miss), or while the cache's listener is not proven connected (untrusted)", ["reason"])
+rate_limit_leases = Counter(_PREFIX + "rate_limit_leases", "Slices of rate-limit quota leased from the database, "
+                            "by whether quota was granted", ["granted"])
 rate_limited = Counter(_PREFIX + "rate_limited", "Requests refused for the key's per-minute limit, by scope", ["scope"])
 
 llm_calls = Counter(_PREFIX + "llm_calls", "LLM provider calls, by provider, model and outcome",
@@ -167,7 +172,26 @@ class _RequestTally:
 # Bounded like the series themselves.
 _request_tallies: dict[tuple[str, str, int], _RequestTally] = {}
 _auth_tally: _HistogramTally | None = None
-_connections_in_use = 0
+
+
+class _Level:
+    """A level this worker keeps in memory and writes to its gauge at each flush."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def up(self) -> None:
+        self.value += 1
+
+    def down(self) -> None:
+        self.value -= 1
+
+
+_connections_in_use, _acquires_waiting = _Level(), _Level()
+connection_taken, connection_returned = _connections_in_use.up, _connections_in_use.down
+acquire_waits, acquire_waited = _acquires_waiting.up, _acquires_waiting.down
 
 
 def observe_request(request: web.Request, status: int, seconds: float) -> None:
@@ -181,23 +205,13 @@ def observe_request(request: web.Request, status: int, seconds: float) -> None:
 
 
 def observe_auth(seconds: float) -> None:
-    """Time in the key lookup and rate-limit statement of one /api/v1 request."""
+    """Time to authenticate and admit one /api/v1 request."""
     global _auth_tally
     if not enabled:
         return
     if _auth_tally is None:
         _auth_tally = _HistogramTally(auth_duration)
     _auth_tally.observe(seconds)
-
-
-def connection_taken() -> None:
-    global _connections_in_use
-    _connections_in_use += 1
-
-
-def connection_returned() -> None:
-    global _connections_in_use
-    _connections_in_use -= 1
 
 
 def flush() -> None:
@@ -208,7 +222,8 @@ def flush() -> None:
         tally.flush()
     if _auth_tally is not None:
         _auth_tally.flush()
-    db_connections_in_use.set(_connections_in_use)
+    db_connections_in_use.set(_connections_in_use.value)
+    db_acquires_waiting.set(_acquires_waiting.value)
 
 
 async def flush_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -251,7 +266,7 @@ class _Off:
     dec = set = observe = inc
 
 
-_INSTRUMENTS = ("http_requests", "http_duration", "auth_duration", "rate_limited", "llm_calls", "llm_attempts",
+_INSTRUMENTS = ("http_requests", "http_duration", "auth_duration", "key_lookups", "rate_limit_leases", "rate_limited", "llm_calls", "llm_attempts",
                 "llm_fallbacks", "llm_tokens", "llm_cost", "llm_latency", "uploads_in_flight", "uploads_waiting",
                 "upload_bytes", "uploads_failed", "s3_errors", "db_connections_in_use", "db_acquires_waiting",
                 "db_pool_size", "last_backup", "drill_last_success", "drill_last_ok", "drill_last_seconds")

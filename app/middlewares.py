@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from aiohttp import hdrs, web
 
@@ -29,7 +29,7 @@ _CORS_HEADERS = "X-API-Key, Content-Type, X-Request-ID"
 async def request_context_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Give the request an id (a sane incoming X-Request-ID is kept) and log it once done."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else uuid.uuid4().hex
+    request_id = incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else os.urandom(16).hex()
     request[request_id_key] = request_id
     tokens = [(log.request_id_var, log.request_id_var.set(request_id)),
               (log.tenant_id_var, log.tenant_id_var.set(None)),

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import asyncpg
 
+from .keycache import change_in_force
+
 SCOPES = ("prep", "check")
 KEY_ENVS = ("live", "test")
 KEY_PATTERN = re.compile(r"cs_(live|test)_[0-9a-f]{32}")
@@ -67,10 +69,12 @@ async def tenant_is_active(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bo
 
 
 async def set_tenant_active(conn: asyncpg.Connection, tenant_id: uuid.UUID, active: bool) -> dict[str, Any]:
+    """Returns once every worker acts on the change (``keycache.change_in_force``)."""
     row = await conn.fetchrow(
         f"UPDATE tenants SET is_active = $2 WHERE id = $1 RETURNING {_TENANT_COLUMNS}", tenant_id, active)
     if row is None:
         raise UnknownTenant(f"no tenant with id {tenant_id}")
+    await change_in_force()
     return dict(row)
 
 
@@ -107,8 +111,10 @@ async def list_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> list[dict
 
 
 async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> dict[str, Any]:
+    """Returns once no worker admits the key any more (``keycache.change_in_force``)."""
     row = await conn.fetchrow(
         f"UPDATE api_keys SET is_active = false WHERE id = $1 RETURNING {_KEY_COLUMNS}", key_id)
     if row is None:
         raise UnknownKey(f"no API key with id {key_id}")
+    await change_in_force()
     return dict(row)

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..auth import caller
 from ..db import acquire
 from ..jsonutil import json_response
+from ..keycache import change_in_force
 from ..errors import ValidationFailed
 from ..keys import llm_key, settings_key
 from ..llm import byok
@@ -42,6 +43,7 @@ async def put_llm_settings(request: web.Request) -> web.Response:
         row = await byok.put_settings(conn, caller(request).tenant_id, base_url=data["base_url"].rstrip("/"),
                                       model=data["model"], encrypted_key=encrypted,
                                       api_key_prefix=byok.key_prefix(data["api_key"]))
+    await change_in_force()  # every worker's next call for the tenant takes this provider
     return json_response(_public(row))
 
 
@@ -58,4 +60,5 @@ async def get_llm_settings(request: web.Request) -> web.Response:
 async def delete_llm_settings(request: web.Request) -> web.Response:
     async with acquire(request) as conn:
         await byok.delete_settings(conn, caller(request).tenant_id)
+    await change_in_force()
     return web.Response(status=204)

@@ -54,7 +54,7 @@ def _sql_problem(arg: ast.expr, constants: set[str]) -> str | None:
     if isinstance(arg, ast.Name) and arg.id in constants:
         return None
     if isinstance(arg, ast.Attribute) and arg.attr.lstrip("_").isupper():
-        return None  # a constant of another module, e.g. ratelimit.AUTHENTICATE_SQL
+        return None  # a constant of another module, e.g. keycache.LOOKUP_SQL
     if isinstance(arg, ast.JoinedStr):
         for part in arg.values:
             if isinstance(part, ast.FormattedValue) and not _fixed(part.value, constants):
@@ -77,7 +77,7 @@ def _sql_calls():
 def test_the_checks_see_the_app_s_queries():
     calls = list(_sql_calls())
     assert len(calls) >= 40, "the source scan found too few SQL calls to mean anything"
-    assert any("AUTHENTICATE_SQL" in ast.unparse(node.args[0]) for _, node, _ in calls)
+    assert any("LEASE_SQL" in ast.unparse(node.args[0]) for _, node, _ in calls)
 
 
 def test_sql_is_only_parameterised():

@@ -66,11 +66,11 @@ def test_a_burst_of_5xx_raises_the_5xx_ratio_and_clears(host, vps, curl, alarms)
 
 
 def test_requests_stuck_on_a_lock_raise_p99_latency_and_pool_saturation_and_clear(host, vps, curl, alarms):
-    """A session holds the rate-limit table locked: every keyed request waits on it for its
-    whole statement timeout, holding a pooled connection, and more wait for one."""
+    """A session holds the courses table locked: every listing waits on it for its whole
+    statement timeout, holding a pooled connection, and more wait for one."""
     locker = host.run("systemd-run --unit cs-test-lock --collect --setenv=PGAPPNAME=cs-test-lock "
                       "runuser -u postgres -- psql -d course_supporter "
-                      "-c 'BEGIN' -c 'LOCK TABLE rate_limit_counters IN ACCESS EXCLUSIVE MODE' "
+                      "-c 'BEGIN' -c 'LOCK TABLE courses IN ACCESS EXCLUSIVE MODE' "
                       "-c 'SELECT pg_sleep(90)' -c 'COMMIT'")
     assert locker.rc == 0, locker.stderr
     stop = threading.Event()

@@ -187,6 +187,19 @@ def test_the_metrics_are_served_on_loopback_for_every_worker(hosts):
         assert samples[("course_supporter_db_pool_max_connections", ())] == 10 * workers  # the live workers' pools
 
 
+def test_every_worker_listens_for_key_changes(hosts):
+    """Each worker's key cache is trusted only while its listener connection is up: one
+    per live worker, listening on the key-change channel."""
+    for host in hosts:
+        workers = len(host.process.filter(comm="gunicorn")) - 1  # without the arbiter
+
+        def listening() -> str:
+            return host.check_output(
+                "runuser -u postgres -- psql -X -q -t -A -c %s",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'course-supporter-listener'")
+        assert wait_for(lambda: int(listening()) == workers, 30), (listening(), workers)
+
+
 def test_the_admin_cli_runs_as_the_app_with_its_environment(hosts):
     for host in hosts:
         result = host.run("course-supporter-admin tenant list --json")
