@@ -5,7 +5,7 @@ state and the tenant's own LLM provider) and then answers from memory. Every cha
 that could alter an entry -- a key issued, revoked, its expiry, scopes or limits
 changed, a tenant deactivated or activated, its LLM settings -- fires a trigger
 (migration 0008) that sends a NOTIFY in the changing transaction; each worker's
-listener drops the entries named (``KeyCache.forget``).
+listener drops the entries named (``KeyCache.notified``).
 
 Why a cached answer is never older than ``TRUST_S``:
 
@@ -36,7 +36,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import asyncpg
@@ -82,7 +82,7 @@ class KeyRecord:
     expires_at: float | None  # epoch seconds
     limits: dict[str, int]
     tenant_llm: dict | None  # the tenant's own LLM provider (BYOK), as stored
-    tenant_label: str = ""  # str(tenant_id), for the log context
+    tenant_label: str = field(init=False)  # str(tenant_id), for the log context
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tenant_label", str(self.tenant_id))
@@ -169,9 +169,6 @@ class KeyCache:
             self._drop([h for h, r in self._known.items() if r.tenant_label == value])
         else:
             self.forget_all()
-
-    def forget_tenant(self, tenant_id: uuid.UUID) -> None:
-        self.notified(f"tenant:{tenant_id}")
 
     def forget_all(self) -> None:
         self.generation += 1

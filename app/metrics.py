@@ -266,8 +266,9 @@ class _Off:
     dec = set = observe = inc
 
 
-_INSTRUMENTS = ("http_requests", "http_duration", "auth_duration", "key_lookups", "rate_limit_leases", "rate_limited", "llm_calls", "llm_attempts",
-                "llm_fallbacks", "llm_tokens", "llm_cost", "llm_latency", "uploads_in_flight", "uploads_waiting",
+_INSTRUMENTS = ("http_requests", "http_duration", "auth_duration", "key_lookups", "rate_limit_leases", "rate_limited",
+                "llm_calls", "llm_attempts", "llm_fallbacks", "llm_tokens", "llm_cost", "llm_latency",
+                "uploads_in_flight", "uploads_waiting",
                 "upload_bytes", "uploads_failed", "s3_errors", "db_connections_in_use", "db_acquires_waiting",
                 "db_pool_size", "last_backup", "drill_last_success", "drill_last_ok", "drill_last_seconds")
 enabled = True

@@ -222,9 +222,6 @@ class Limiter:
             if bucket is not None:
                 self._settle(bucket)
             bucket = self._buckets[(key_id, scope)] = _Bucket(key_id, scope, limit)
-        admitted = bucket.take(time.monotonic())
-        if admitted is not None:
-            return admitted
         bucket.waiting += 1
         try:
             async with bucket.lock:

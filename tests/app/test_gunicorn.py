@@ -12,6 +12,7 @@ import time
 import aiohttp
 import pytest
 
+from tests.support.bursts import burst
 from tests.support.gunicorn import Gunicorn
 
 pytestmark = pytest.mark.gunicorn
@@ -23,16 +24,6 @@ WORKERS = 4
 def server(app_env):
     with Gunicorn(app_env, workers=WORKERS) as gunicorn:
         yield gunicorn
-
-
-async def burst(url: str, headers: dict, count: int) -> list[int]:
-    connector = aiohttp.TCPConnector(limit=count, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async def one():
-            async with session.get(url, headers=headers) as resp:
-                await resp.read()
-                return resp.status
-        return await asyncio.gather(*[one() for _ in range(count)])
 
 
 async def test_exactly_the_limit_passes_a_concurrent_burst_across_workers(server, factory):

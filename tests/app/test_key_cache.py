@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import os
 import time
 import uuid
@@ -28,8 +29,14 @@ async def _counter(client, name: str, **labels) -> float:
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:
+    """Until ``predicate()`` (a bool, or an awaitable of one) is true."""
     deadline = time.monotonic() + timeout
-    while not await predicate():
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)
 
@@ -44,7 +51,7 @@ def _record(**overrides) -> keycache.KeyRecord:
 async def _listening(client) -> None:
     """The in-process app's listener is up and its heartbeat proven."""
     cache = client.server.app[auth_key].cache
-    await _until(lambda: asyncio.sleep(0, cache.trusted()))
+    await _until(cache.trusted)
 
 
 async def test_a_known_key_costs_one_lookup_and_its_requests_few_leases(client, factory):
@@ -152,7 +159,7 @@ async def test_tenant_llm_settings_changed_in_sql_reach_the_worker(client, facto
     await db.execute("""INSERT INTO tenant_llm_settings (tenant_id, base_url, model, api_key_encrypted, api_key_prefix)
                         VALUES ($1, 'https://llm.example', NULL, '\\x00', 'sk-')""", tenant["id"])
     try:
-        await _until(lambda: asyncio.sleep(0, cache.get(digest) is keycache.MISS), timeout=keycache.TRUST_S)
+        await _until(lambda: cache.get(digest) is keycache.MISS, timeout=keycache.TRUST_S)
     finally:
         await db.execute("DELETE FROM tenant_llm_settings WHERE tenant_id = $1", tenant["id"])
 
@@ -169,7 +176,7 @@ async def test_without_its_listener_a_worker_asks_the_database_every_time(client
     cut = await db.fetchval("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                             "WHERE application_name = $1", keycache.LISTENER_APPLICATION_NAME)
     assert cut >= 1
-    await _until(lambda: asyncio.sleep(0, not cache.trusted()), timeout=1)
+    await _until(lambda: not cache.trusted(), timeout=1)
     untrusted = await _counter(client, "course_supporter_key_lookups_total", reason="untrusted")
     # Nobody listens (the listener waits RECONNECT_DELAY_S before it reconnects): the
     # change's notification reaches no one, and the lookup sees the change all the same.
@@ -177,7 +184,7 @@ async def test_without_its_listener_a_worker_asks_the_database_every_time(client
     assert (await client.get(COURSES, headers=headers)).status == 401
     assert await _counter(client, "course_supporter_key_lookups_total", reason="untrusted") > untrusted
     await db.execute("UPDATE api_keys SET is_active = true WHERE id = $1", key["id"])
-    await _until(lambda: asyncio.sleep(0, cache.trusted()), timeout=5)
+    await _until(cache.trusted, timeout=5)
     assert (await client.get(COURSES, headers=headers)).status == 200
     misses = await _counter(client, "course_supporter_key_lookups_total", reason="miss")
     for _ in range(5):
