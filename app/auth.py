@@ -21,8 +21,7 @@ import hmac
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, NamedTuple
 
 from aiohttp import web
 
@@ -40,8 +39,7 @@ API_PREFIX = "/api/v1/"
 HEADER = "X-API-Key"
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(NamedTuple):  # a tuple: built for every request, cheaper than a frozen dataclass
     tenant_id: uuid.UUID
     key_id: uuid.UUID
     key_prefix: str

@@ -1,11 +1,10 @@
-"""Domain errors and the middleware that renders every error as contract JSON.
+"""Domain errors, and every error rendered as contract JSON (``error_answer``).
 
 ``{"error": {"code": "<snake_case>", "message": "<text>", "details"?, "request_id"?}}``
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Mapping
 
@@ -111,20 +110,20 @@ def error_response(status: int, code: str, message: str, *, details: Any = None,
     return json_response(error_body(status, code, message, details, request_id), status=status, headers=headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.Response | None:
+    """The contract's JSON answer for an exception out of a handler; None for one that
+    must go on up (a redirect, a connection the client reset). Called in the ``except``
+    block, so that an unexpected error is logged with its traceback."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message, details=exc.details,
                               request_id=request.get(request_id_key), headers=exc.headers)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:  # redirects and the like pass through untouched
-            raise
+            return None
         code = _HTTP_CODES.get(exc.status, "error")
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, code, exc.reason, request_id=request.get(request_id_key), headers=headers)
-    except web.RequestPayloadError as exc:
+    if isinstance(exc, web.RequestPayloadError):
         # The body itself is broken: a Content-Encoding it does not have, bad chunked framing.
         # The rest of it cannot be read past either: the connection closes after the answer.
         cause = getattr(exc.__cause__, "message", "") or "its framing or encoding is broken"
@@ -132,9 +131,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
                                   request_id=request.get(request_id_key))
         response.force_close()
         return response
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unhandled error while serving %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "An unexpected error occurred; quote the request_id when reporting it.",
-                              request_id=request.get(request_id_key))
+    if isinstance(exc, ConnectionResetError):
+        return None
+    log.exception("unhandled error while serving %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "An unexpected error occurred; quote the request_id when reporting it.",
+                          request_id=request.get(request_id_key))

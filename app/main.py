@@ -8,11 +8,10 @@ from . import backup, error_tracking, metrics
 from .auth import auth_ctx, auth_middleware
 from .config import Settings
 from .db import pool_ctx
-from .errors import error_middleware
 from .keys import settings_key
 from .llm import llm_ctx
 from .log import setup_logging
-from .middlewares import add_response_headers, cors_middleware, request_context_middleware, validation_middleware
+from .middlewares import add_response_headers, cors_middleware, request_middleware, validation_middleware
 from .release import RELEASE
 from .routes import setup_openapi, setup_routes
 from .storage import stop_uploads_on_shutdown, storage_ctx
@@ -32,7 +31,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     error_tracking.setup(settings, RELEASE)
     if not settings.metrics_enabled:
         metrics.switch_off()
-    middlewares = [request_context_middleware, error_middleware]
+    middlewares = [request_middleware]
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))
     middlewares += [auth_middleware, validation_middleware]

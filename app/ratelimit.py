@@ -44,8 +44,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
-from typing import AsyncContextManager, Callable
+from typing import AsyncContextManager, Callable, NamedTuple
 
 import asyncpg
 
@@ -129,8 +128,7 @@ def seconds_until_free(limit: int, prev: int, curr: int, elapsed: float, window:
     return max(1, math.ceil(to_window_end + into_next))
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):  # a tuple: built for every request, cheaper than a frozen dataclass
     allowed: bool
     limit: int
     remaining: int

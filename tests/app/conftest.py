@@ -3,9 +3,14 @@ layer, and courses made through the API."""
 
 from __future__ import annotations
 
+import io
+import json
+import sys
+
 import asyncpg
 import pytest
 
+from app import log
 from app.config import Settings
 from app.main import create_app
 from tests.support.tenants import Factory
@@ -78,3 +83,17 @@ def make_client(aiohttp_client, app_env):
         return await aiohttp_client(await create_app(Settings.from_env({**app_env, **env})))
 
     return make
+
+
+@pytest.fixture
+def json_log():
+    """The JSON lines the app writes while the test runs (access lines included), parsed."""
+    stream = io.StringIO()
+    log.setup_logging("INFO", stream=stream)
+
+    def records() -> list[dict]:
+        log.flush_access()
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    yield records
+    log.setup_logging("INFO", stream=sys.stderr)

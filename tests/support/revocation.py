@@ -17,6 +17,7 @@ from app import keycache
 CONNECTIONS = 16
 LOAD_BEFORE_S = 0.2
 LOAD_AFTER_S = 0.3
+FIRST_ACCEPT_WAIT_S = 10.0  # a busy machine may take longer than LOAD_BEFORE_S to answer at all
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ async def revocation_trial(session: aiohttp.ClientSession, url: str, key: str,
                            revoke: Callable[[], Awaitable[None]], *,
                            cut_listeners: asyncpg.Connection | None = None,
                            connections: int = CONNECTIONS) -> Trial:
-    """Load from ``connections`` clients, ``revoke()`` after LOAD_BEFORE_S (cutting every
-    worker's listener connection first when ``cut_listeners`` is a database connection),
-    and LOAD_AFTER_S more once it returned."""
+    """Load from ``connections`` clients, ``revoke()`` after LOAD_BEFORE_S and once the key
+    has been accepted at least once (cutting every worker's listener connection first when
+    ``cut_listeners`` is a database connection), and LOAD_AFTER_S more once it returned."""
     answers: list[tuple[float, float, int]] = []  # sent, received, status
     stop = asyncio.Event()
     headers = {"X-API-Key": key}
@@ -55,6 +56,9 @@ async def revocation_trial(session: aiohttp.ClientSession, url: str, key: str,
     load = [asyncio.create_task(client()) for _ in range(connections)]
     try:
         await asyncio.sleep(LOAD_BEFORE_S)
+        deadline = time.monotonic() + FIRST_ACCEPT_WAIT_S
+        while not any(status == 200 for _, _, status in answers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if cut_listeners is not None:
             await cut_listeners.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                         "WHERE application_name = $1", keycache.LISTENER_APPLICATION_NAME)
