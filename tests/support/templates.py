@@ -50,7 +50,7 @@ def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, d
     except ValueError:
         return process.returncode, f"{output[-2000:]}\n{errors[-2000:]}", {}
     rendered, failures = {}, []
-    for task in report["plays"][0]["tasks"]:
+    for task in (task for play in report["plays"] for task in play["tasks"]):
         for result in task["hosts"].values():
             for item in result.get("results", [result]):
                 if item.get("failed"):

@@ -9,6 +9,7 @@ from tests.support import templates
 from tests.support.paths import REPO_ROOT
 
 PRODUCTION = Path(REPO_ROOT) / "inventory" / "production.example"
+CLUSTER = Path(__file__).parent / "cluster.yml"
 
 SCENARIOS = {
     # The role defaults, and what a site must set.
@@ -20,6 +21,9 @@ SCENARIOS = {
     "operator_choices": ("-i", "localhost,", *templates.extra_vars(
         {**templates.REQUIRED, "app_max_upload_bytes": 2 * 2**30 + 1, "app_extra_env": {"UPLOADS_PER_WORKER": "16"},
          "nginx_metrics_password": "scraper-password-0000"})),
+    # A web host in front of two app hosts (tests/templates/cluster.yml).
+    "cluster_web": ("-i", str(CLUSTER), *templates.extra_vars(
+        {**templates.REQUIRED, "render_host": "web1", "render_topology": "course_supporter"})),
 }
 
 

@@ -24,6 +24,12 @@ def _map(conf: str, variable: str) -> dict[str, str]:
     return {pattern.strip('"'): value.strip('"') for pattern, value in entries}
 
 
+def _upstream_servers(conf: str) -> list[str]:
+    """The addresses of the app upstream's servers."""
+    body = re.search(r"upstream course_supporter_app \{\n(.*?)\n\}", conf, re.S).group(1)
+    return re.findall(r"^\s*server (\S+)[ ;]", body, re.M)
+
+
 def _nginx_regex(conf: str, variable: str, value: str) -> str:
     """The regex of the map entry that gives ``value`` (``~`` and anchors taken off)."""
     (pattern,) = [p for p, v in _map(conf, variable).items() if v == value and p.startswith("~")]
@@ -93,8 +99,7 @@ def test_nginx_netdata_and_the_socket_name_the_apps_address(rendered):
         files = rendered[scenario]
         listen = re.search(r"^ListenStream=(\S+)$", files["course-supporter.socket"], re.M).group(1)
         assert f"--bind {listen} " in files["course-supporter.service"]
-        upstream = re.search(r"upstream course_supporter_app \{\s+server (\S+);", files["course-supporter.conf"])
-        assert upstream.group(1) == listen
+        assert _upstream_servers(files["course-supporter.conf"]) == [listen]
         assert f"url: http://{listen}/health" in files["netdata.course_supporter.conf"]
         netdata = re.search(r"bind to = (\S+)", files["netdata.netdata.conf"]).group(1)
         assert f"proxy_pass http://{netdata}/;" in files["course-supporter.conf"]
@@ -104,3 +109,22 @@ def test_systemd_gives_the_app_longer_to_stop_than_gunicorn_takes(rendered):
     service = rendered["defaults"]["course-supporter.service"]
     stop = int(re.search(r"^TimeoutStopSec=(\d+)$", service, re.M).group(1))
     assert stop > GRACEFUL_TIMEOUT_S
+
+
+def test_nginx_balances_over_every_app_host_at_its_own_address(rendered):
+    """A web host in front of two app hosts (tests/templates/cluster.yml) sends requests to
+    both, each at the address and port its app listens on."""
+    conf = rendered["cluster_web"]["course-supporter.conf"]
+    assert _upstream_servers(conf) == ["10.78.0.11:8000", "10.78.0.12:8001"]
+
+
+def test_a_failing_app_host_is_left_out_and_no_post_is_sent_twice(rendered):
+    """Passive health checks on every server; a request goes to the next host only after a
+    connection error or timeout, and never when it is a POST or PATCH already sent (nginx
+    retries those only with non_idempotent, which must not appear)."""
+    conf = rendered["cluster_web"]["course-supporter.conf"]
+    body = re.search(r"upstream course_supporter_app \{\n(.*?)\n\}", conf, re.S).group(1)
+    servers = [line for line in body.splitlines() if line.strip().startswith("server ")]
+    assert len(servers) == 2 and all("max_fails=2 fail_timeout=10s;" in line for line in servers)
+    assert "proxy_next_upstream error timeout;" in conf
+    assert "non_idempotent" not in conf
