@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from . import backup, error_tracking, metrics
 from .auth import auth_ctx, auth_middleware
 from .config import Settings
 from .db import pool_ctx
-from .keys import settings_key
+from .keys import draining_key, settings_key
 from .llm import llm_ctx
 from .log import setup_logging
 from .middlewares import add_response_headers, cors_middleware, request_middleware, validation_middleware
@@ -25,6 +27,11 @@ CLIENT_MAX_SIZE = 8 * 1024 * 1024
 HEADER_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024, "max_headers": 256}
 
 
+async def start_draining(app: web.Application) -> None:
+    """From the start of the shutdown on, GET /ready says this process takes no more traffic."""
+    app[draining_key].set()
+
+
 async def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     setup_logging(settings.log_level)
@@ -37,12 +44,14 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     middlewares += [auth_middleware, validation_middleware]
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares, handler_args=HEADER_LIMITS)
     app[settings_key] = settings
+    app[draining_key] = asyncio.Event()
     app.cleanup_ctx.append(pool_ctx)
     app.cleanup_ctx.append(auth_ctx)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(llm_ctx)
     app.cleanup_ctx.append(backup.watch_ctx)
     app.cleanup_ctx.append(metrics.flush_ctx)
+    app.on_shutdown.insert(0, start_draining)
     app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)
     setup_routes(app)

@@ -12,7 +12,7 @@ from . import log, metrics
 from .auth import API_PREFIX
 from .errors import BadRequest, UnsupportedMediaType, ValidationFailed, error_answer
 from .jsonutil import loads
-from .keys import cors_origin_key, ratelimit_headers_key, request_id_key
+from .keys import cors_origin_key, draining_key, ratelimit_headers_key, request_id_key
 from .openapi import operation_of, validate_input
 
 # An incoming X-Request-ID kept as it is (nginx keeps the same ones for its own answers).
@@ -54,7 +54,11 @@ async def request_middleware(request: web.Request, handler) -> web.StreamRespons
 
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: headers every response gets, errors included."""
+    """on_response_prepare: headers every response gets, errors included; and, once the
+    process is shutting down, ``Connection: close`` (app.serve: nginx's keep-alive)."""
+    if request.app[draining_key].is_set():
+        response.force_close()  # aiohttp has chosen the Connection header before this hook: say it too
+        response.headers[hdrs.CONNECTION] = "close"
     request_id = request.get(request_id_key)
     if request_id:
         response.headers["X-Request-ID"] = request_id

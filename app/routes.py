@@ -15,6 +15,7 @@ COURSE = "/api/v1/courses/{course_id}"
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health", health.health)
+    app.router.add_get("/ready", health.ready)
     app.router.add_get(metrics.PATH, metrics.serve_metrics)
     app.router.add_post("/api/v1/courses", courses.create_course)
     app.router.add_get("/api/v1/courses", courses.list_courses)

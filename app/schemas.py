@@ -96,6 +96,14 @@ class HealthSchema(Schema):
     uptime_s = fields.Integer(required=True, metadata={"description": "seconds since the service started"})
 
 
+class ReadySchema(Schema):
+    ready = fields.Boolean(required=True, metadata={"description": "whether this server should take traffic"})
+    db = fields.String(required=True, validate=validate.OneOf(["ok", "error", "unchecked"]), metadata={
+        "description": "the database from this server: `unchecked` while it shuts down"})
+    draining = fields.Boolean(required=True, metadata={"description": "this server has begun to shut down"})
+    release = fields.String(required=True, metadata={"description": "the running release, as in `/health`"})
+
+
 # --- courses --------------------------------------------------------------
 
 class CourseCreateSchema(StrictSchema):

@@ -1,4 +1,5 @@
-"""GET /health: PostgreSQL and S3, each checked with a short timeout."""
+"""GET /health: PostgreSQL and S3, each checked with a short timeout. GET /ready: whether
+this process should take traffic (its database answers, and it is not shutting down)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from aiohttp import web
 from .. import __version__
 from ..release import RELEASE, uptime_s
 from ..jsonutil import json_response
-from ..keys import db_pool_key, storage_key
+from ..keys import db_pool_key, draining_key, storage_key
 from ..openapi import Response, operation
-from ..schemas import HealthSchema
+from ..schemas import HealthSchema, ReadySchema
 
 log = logging.getLogger("app.health")
 
@@ -43,3 +44,23 @@ async def health(request: web.Request) -> web.Response:
             "s3": "ok" if s3_ok else "error",
             "release": RELEASE, "version": __version__, "uptime_s": uptime_s()}
     return json_response(body, status=200 if body["status"] == "ok" else 503)
+
+
+# A load balancer polling /ready may try again this soon.
+READY_RETRY_AFTER_S = 5
+
+
+@operation("get_readiness", summary="Whether this server should take traffic", tags=["health"], scopes=None,
+           description="For a load balancer: 200 when this server's database answers and it is not shutting down; "
+                       "503 with `Retry-After` otherwise. S3 is left out: every server shares it, so its failure is "
+                       "no reason to send traffic elsewhere (`/health` reports it). No key needed.",
+           responses={200: Response("Takes traffic", ReadySchema),
+                      503: Response("Takes no traffic now", ReadySchema)})
+async def ready(request: web.Request) -> web.Response:
+    draining = request.app[draining_key].is_set()
+    db_ok = not draining and await _db_ok(request.app)
+    body = {"ready": db_ok and not draining, "db": "ok" if db_ok else ("unchecked" if draining else "error"),
+            "draining": draining, "release": RELEASE}
+    if body["ready"]:
+        return json_response(body)
+    return json_response(body, status=503, headers={"Retry-After": str(READY_RETRY_AFTER_S)})

@@ -16,7 +16,9 @@ from tests.support.paths import REPO_ROOT
 LINTER = Path(REPO_ROOT) / "tests" / "openapi_lint"
 # Warnings the linter may still give, each explained in docs/api.md ("The OpenAPI document").
 KNOWN_WARNINGS = {"info-contact"}
-DOCUMENTED_PATHS = ("/api/v1/", "/health")
+DOCUMENTED_PATHS = ("/api/v1/", "/health", "/ready")
+# Public probes, whose 503 answers in their own schema, not the error envelope.
+PROBES = ("/health", "/ready")
 
 
 async def _document(client) -> dict:
@@ -52,7 +54,7 @@ async def test_the_linter_finds_no_error(client, tmp_path):
 
 async def test_every_route_declares_its_operation(client):
     """A route added without a declaration (operationId, summary, tags, security, responses and
-    errors) fails here: every /api/v1 route and /health is an operation of the document."""
+    errors) fails here: every /api/v1 route and each probe (/health, /ready) is an operation of the document."""
     undeclared = [f"{route.method} {route.resource.canonical}" for route in client.app.router.routes()
                   if route.resource.canonical.startswith(DOCUMENTED_PATHS) and route.method != "HEAD"
                   and operation_of(route.handler) is None]
@@ -61,7 +63,7 @@ async def test_every_route_declares_its_operation(client):
     routes = {(route.resource.canonical, route.method.lower()) for route in client.app.router.routes()
               if route.resource.canonical.startswith(DOCUMENTED_PATHS) and route.method != "HEAD"}
     assert routes == {(path, method) for path, method, _ in _operations(document)}
-    assert len(routes) == 24
+    assert len(routes) == 25
 
 
 async def test_every_operation_is_named_described_and_secured(client):
@@ -74,7 +76,7 @@ async def test_every_operation_is_named_described_and_secured(client):
             "ask_llm"} <= set(ids)
     for path, method, described in _operations(document):
         assert described["summary"] and described["tags"], (path, method)
-        public = path == "/health"
+        public = path in PROBES
         assert described["security"] == ([] if public else [{"ApiKeyAuth": []}]), (path, method)
 
 
@@ -89,7 +91,7 @@ async def test_every_error_an_operation_can_give_is_documented_with_the_envelope
         if "{" in path:
             assert "404" in responses or "422" in responses, (path, method)
         for status, response in responses.items():
-            if int(status) < 400 or path == "/health":
+            if int(status) < 400 or path in PROBES:
                 continue
             media = response["content"]["application/json"]
             assert media["schema"] == {"$ref": "#/components/schemas/Error"}, (path, method, status)

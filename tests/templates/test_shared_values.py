@@ -12,7 +12,7 @@ from aiohttp import web
 from app import middlewares, tenants
 from app.config import MAX_UPLOAD_QUEUE_WAIT_S, Settings, parse_env_file
 from app.routes import setup_openapi, setup_routes
-from app.serve import GRACEFUL_TIMEOUT_S
+from app.serve import ACCEPT_GRACE_S, GRACEFUL_TIMEOUT_S, KEEPALIVE_S
 
 MIB = 1 << 20
 
@@ -128,3 +128,15 @@ def test_a_failing_app_host_is_left_out_and_no_post_is_sent_twice(rendered):
     assert len(servers) == 2 and all("max_fails=2 fail_timeout=10s;" in line for line in servers)
     assert "proxy_next_upstream error timeout;" in conf
     assert "non_idempotent" not in conf
+
+
+def test_nginx_lets_go_of_idle_app_connections_before_the_app_closes_them(rendered):
+    """nginx keeps idle upstream connections for less time than the app keeps them, and than
+    a shutting-down app keeps serving them: an idle connection is always closed by nginx
+    first, so no request (a POST nginx could not retry) is sent on one the app is closing."""
+    for scenario in ("defaults", "production", "cluster_web"):
+        body = re.search(r"upstream course_supporter_app \{\n(.*?)\n\}", rendered[scenario]["course-supporter.conf"],
+                         re.S).group(1)
+        idle = int(re.search(r"^\s*keepalive_timeout (\d+)s;", body, re.M).group(1))
+        assert int(re.search(r"^\s*keepalive (\d+);", body, re.M).group(1)) > 0
+        assert idle < ACCEPT_GRACE_S < KEEPALIVE_S, scenario
