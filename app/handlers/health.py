@@ -58,9 +58,8 @@ READY_RETRY_AFTER_S = 5
                       503: Response("Takes no traffic now", ReadySchema)})
 async def ready(request: web.Request) -> web.Response:
     draining = request.app[draining_key].is_set()
-    db_ok = not draining and await _db_ok(request.app)
-    body = {"ready": db_ok and not draining, "db": "ok" if db_ok else ("unchecked" if draining else "error"),
-            "draining": draining, "release": RELEASE}
+    db = "unchecked" if draining else "ok" if await _db_ok(request.app) else "error"
+    body = {"ready": db == "ok", "db": db, "draining": draining, "release": RELEASE}
     if body["ready"]:
         return json_response(body)
     return json_response(body, status=503, headers={"Retry-After": str(READY_RETRY_AFTER_S)})

@@ -24,10 +24,14 @@ def _map(conf: str, variable: str) -> dict[str, str]:
     return {pattern.strip('"'): value.strip('"') for pattern, value in entries}
 
 
+def _upstream(conf: str) -> str:
+    """The body of the app upstream block."""
+    return re.search(r"upstream course_supporter_app \{\n(.*?)\n\}", conf, re.S).group(1)
+
+
 def _upstream_servers(conf: str) -> list[str]:
     """The addresses of the app upstream's servers."""
-    body = re.search(r"upstream course_supporter_app \{\n(.*?)\n\}", conf, re.S).group(1)
-    return re.findall(r"^\s*server (\S+)[ ;]", body, re.M)
+    return re.findall(r"^\s*server (\S+)[ ;]", _upstream(conf), re.M)
 
 
 def _nginx_regex(conf: str, variable: str, value: str) -> str:
@@ -123,8 +127,7 @@ def test_a_failing_app_host_is_left_out_and_no_post_is_sent_twice(rendered):
     connection error or timeout, and never when it is a POST or PATCH already sent (nginx
     retries those only with non_idempotent, which must not appear)."""
     conf = rendered["cluster_web"]["course-supporter.conf"]
-    body = re.search(r"upstream course_supporter_app \{\n(.*?)\n\}", conf, re.S).group(1)
-    servers = [line for line in body.splitlines() if line.strip().startswith("server ")]
+    servers = [line for line in _upstream(conf).splitlines() if line.strip().startswith("server ")]
     assert len(servers) == 2 and all("max_fails=2 fail_timeout=10s;" in line for line in servers)
     assert "proxy_next_upstream error timeout;" in conf
     assert "non_idempotent" not in conf
@@ -135,8 +138,7 @@ def test_nginx_lets_go_of_idle_app_connections_before_the_app_closes_them(render
     a shutting-down app keeps serving them: an idle connection is always closed by nginx
     first, so no request (a POST nginx could not retry) is sent on one the app is closing."""
     for scenario in ("defaults", "production", "cluster_web"):
-        body = re.search(r"upstream course_supporter_app \{\n(.*?)\n\}", rendered[scenario]["course-supporter.conf"],
-                         re.S).group(1)
+        body = _upstream(rendered[scenario]["course-supporter.conf"])
         idle = int(re.search(r"^\s*keepalive_timeout (\d+)s;", body, re.M).group(1))
         assert int(re.search(r"^\s*keepalive (\d+);", body, re.M).group(1)) > 0
         assert idle < ACCEPT_GRACE_S < KEEPALIVE_S, scenario
