@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import time
 from typing import AsyncIterator, Iterator
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import boto3
@@ -24,7 +23,7 @@ from aiohttp import web
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from . import metrics
+from . import dburl, metrics
 from .config import Settings
 from .db import UNAVAILABLE
 from .keys import db_pool_key, storage_key
@@ -47,16 +46,6 @@ class BackupFailed(Exception):
 def _client(settings: Settings):
     return boto3.client("s3", endpoint_url=settings.s3_endpoint_url,
                         config=Config(retries={"max_attempts": 5, "mode": "standard"}, **CHECKSUM_POLICY))
-
-
-def _libpq_env(database_url: str) -> dict[str, str]:
-    """The connection as libpq variables: the password never appears in a command line."""
-    url = urlsplit(database_url)
-    env = {"PGHOST": url.hostname or "", "PGPORT": str(url.port or 5432), "PGUSER": unquote(url.username or ""),
-           "PGDATABASE": url.path.lstrip("/")}
-    if url.password:
-        env["PGPASSWORD"] = unquote(url.password)
-    return env
 
 
 # --- fingerprints: what a restore must bring back -------------------------------------
@@ -115,7 +104,7 @@ def create(settings: Settings, keep_days: int, *, now: datetime.datetime | None 
         dump = subprocess.Popen(["pg_dump", "--format=custom", "--no-owner", "--no-privileges",
                                  f"--snapshot={snapshot}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**os.environ, **_libpq_env(settings.database_url)})
+                                env={**os.environ, **dburl.libpq_env(settings.database_url)})
         try:
             client.upload_fileobj(dump.stdout, settings.s3_bucket, key, Config=TRANSFER,
                                   ExtraArgs={"ContentType": "application/octet-stream"})
@@ -171,7 +160,7 @@ def restore(settings: Settings, name: str, database: str) -> dict:
         load = subprocess.Popen(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error",
                                  "--single-transaction", f"--dbname={database}"],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
-                                env={**os.environ, **_libpq_env(settings.database_url), "PGDATABASE": database})
+                                env={**os.environ, **dburl.libpq_env(settings.database_url), "PGDATABASE": database})
         try:
             for chunk in body.iter_chunks(RESTORE_CHUNK_BYTES):
                 load.stdin.write(chunk)

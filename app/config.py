@@ -25,6 +25,8 @@ from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 from botocore.handlers import VALID_BUCKET
 from cryptography.fernet import Fernet
 
+from . import dburl
+
 
 class ConfigError(Exception):
     """A configuration variable is missing or malformed."""
@@ -80,7 +82,9 @@ def _shown(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
-@accepts("`postgresql://user:pass@host:port/db` (libpq's `?host=`/`?port=` in the query too; no host: the local socket)")
+@accepts("`postgresql://user:pass@host:port/db` (no host: the local socket), with libpq's query parameters "
+         f"{', '.join(f'`{name}`' for name in dburl.QUERY_PARAMETERS)}: e.g. "
+         "`?sslmode=verify-full&sslrootcert=/etc/course-supporter/postgresql-ca.pem` for a database on another host")
 def _database_url(value: str) -> str:
     if not value.isprintable():
         raise ValueError("has a character that is not printable")
@@ -91,6 +95,13 @@ def _database_url(value: str) -> str:
         check_host_and_port(parts)
     # asyncpg also takes the host and port from the query (libpq's ?host=...&port=...).
     query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - set(dburl.QUERY_PARAMETERS))
+    if unknown:
+        raise ValueError(f"has query parameters {', '.join(map(_shown, unknown))} that not every client of the "
+                         f"database reads; accepted: {', '.join(dburl.QUERY_PARAMETERS)}")
+    for mode in query.get("sslmode", []):
+        if mode not in dburl.SSL_MODES:
+            raise ValueError(f"has sslmode {_shown(mode)}; accepted: {', '.join(dburl.SSL_MODES)}")
     for port in (p for value in query.get("port", []) for p in value.split(",") if p):  # "": the default
         if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
             raise ValueError(f"has a malformed port {_shown(port)} in its query")

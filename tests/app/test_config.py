@@ -60,6 +60,11 @@ def test_values_are_parsed():
     ("CORS_ORIGINS", "http://a.com/path"), ("CORS_ORIGINS", "https://a.com?x=1"), ("CORS_ORIGINS", "https://u@a.com"),
     ("S3_PARTS_IN_FLIGHT", "65"), ("UPLOAD_SHUTDOWN_GRACE_S", "26"),
     ("UPLOADS_PER_WORKER", "0"), ("UPLOADS_PER_WORKER", "257"), ("UPLOAD_QUEUE_WAIT_S", "601"),
+    # A query parameter one of the database's clients does not read the same way (asyncpg sends
+    # connect_timeout to the server as a setting, which refuses it; pg_dump would ignore a typo),
+    # and an sslmode libpq does not know.
+    ("DATABASE_URL", "postgresql://u:p@h/db?connect_timeout=5"), ("DATABASE_URL", "postgresql://u:p@h/db?sslmod=require"),
+    ("DATABASE_URL", "postgresql://u:p@h/db?sslmode=verify"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as caught:

@@ -41,13 +41,18 @@ def pg_bin_dir() -> Path:
 
 
 class PostgresCluster(Service):
-    def __init__(self, *, fast: bool = True) -> None:
+    """``tls=(certificate PEM, key PEM)``: the server speaks TLS with that certificate and, as
+    the postgresql role configures a database host, admits other logins over TLS only with
+    scram-sha-256 (``postgres`` keeps trust, for the tests' own psql)."""
+
+    def __init__(self, *, fast: bool = True, tls: tuple[bytes, bytes] | None = None) -> None:
         self.bin = pg_bin_dir()
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="cs-pg-"))
         self.datadir = self.root / "data"
         self.sockdir = self.root / "sock"
         self.fast = fast
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
         self._as_user: list[str] = []
         if os.geteuid() == 0:
@@ -65,12 +70,29 @@ class PostgresCluster(Service):
         self._run(str(self.bin / "initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
                   "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync")
         self._run("mkdir", "-p", str(self.sockdir))
+        if self.tls:
+            self._configure_tls()
         self._launch()
         return self
+
+    def _configure_tls(self) -> None:
+        for name, pem in zip(("server.crt", "server.key"), self.tls):
+            path = self.datadir / name
+            path.write_bytes(pem)
+            path.chmod(0o600)
+            if self._as_user:  # the server reads its key only if it owns it
+                shutil.chown(path, TEST_USER, TEST_USER)
+        (self.datadir / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "hostssl all postgres 127.0.0.1/32 trust\n"
+            "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all 0.0.0.0/0 reject\n")
 
     def _launch(self) -> None:
         options = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.sockdir}",
                    "-c", "max_connections=200", "-c", "shared_buffers=128MB"]
+        if self.tls:
+            options += ["-c", "ssl=on"]
         if self.fast:  # durability is pointless for a throwaway cluster
             options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.proc = subprocess.Popen(
