@@ -1,5 +1,6 @@
 # Course Supporter — developer entry points. Run as root on Debian 12.
 #   make vps       a local VPS (systemd-nspawn) provisioned by playbooks/site.yml
+#   make vps-cluster  a local cluster (web, two app hosts, db: four nspawn machines) provisioned by site.yml
 #   make vps-upgrade  deploy the checkout (or SOURCE=<dir>) to the running local VPS
 #   make vps-backup   back up its database into its S3 bucket now
 #   make vps-restore BACKUP=latest  restore its database from a backup in that bucket
@@ -23,7 +24,7 @@ APT_PACKAGES := postgresql postgresql-client python3-venv python3-dev gcc procps
 # npm tools the tests use (Spectral, the OpenAPI linter), pinned by their lock file.
 NPM_TOOLS  := tests/openapi_lint
 
-.PHONY: help deps apt-packages test-user test check docs dev bench fuzz vps vps-upgrade vps-backup vps-restore vps-down
+.PHONY: help deps apt-packages test-user test check docs dev bench fuzz vps vps-cluster vps-upgrade vps-backup vps-restore vps-down
 
 help:
 	@echo "make test    run every test (installs prerequisites first)"
@@ -33,10 +34,11 @@ help:
 	@echo "make bench   run the benchmarks in tests/bench/"
 	@echo "make fuzz    fuzz the API from its OpenAPI document, longer than make test does"
 	@echo "make vps       boot and provision the local VPS; prints its URL and a demo key"
+	@echo "make vps-cluster  boot and provision the local cluster (web, app1, app2, db); prints its URL and a demo key"
 	@echo "make vps-upgrade  deploy the checkout to the running local VPS (no request dropped)"
 	@echo "make vps-backup   back up the local VPS's database into its S3 bucket now"
 	@echo "make vps-restore BACKUP=latest  restore its database from a backup (or BACKUP=backups/<key>.dump)"
-	@echo "make vps-down  stop and remove the local VPS and its host-side servers"
+	@echo "make vps-down  stop and remove the local VPS, the local cluster and their host-side servers"
 
 deps: apt-packages test-user $(VENV)/.installed $(NPM_TOOLS)/node_modules/.installed
 
@@ -91,6 +93,10 @@ fuzz: deps
 
 vps: deps
 	$(VENV_PY) -m tests.localvps up
+
+# The local cluster: a web host, two app hosts and a database host on one bridge (.vps/cluster.json).
+vps-cluster: deps
+	$(VENV_PY) -m tests.localvps cluster
 
 # Re-deploy the checkout (or SOURCE=<dir>, another tree of this project) to the running local VPS;
 # ARGS="-e name=value" passes further arguments to ansible-playbook.

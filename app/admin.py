@@ -195,10 +195,10 @@ def cmd_encryption_rotate(args, settings):
     return asyncio.run(_with_connection(settings, rotate))
 
 
-def _backup_call(failure: str, work: Callable, *args):
-    """``work(settings, *args)`` of app.backup, its failures as one-line errors."""
+def _backup_call(failure: str, work: Callable, *args, **kwargs):
+    """``work(settings, *args, **kwargs)`` of app.backup, its failures as one-line errors."""
     try:
-        return work(Settings.from_env(), *args)
+        return work(Settings.from_env(), *args, **kwargs)
     except backup.BackupFailed as exc:
         raise CommandError(str(exc)) from None
     except (BotoCoreError, ClientError) as exc:
@@ -222,7 +222,8 @@ def cmd_backup_restore(args, settings):
 
 
 def cmd_backup_drill(args, settings):
-    return _backup_call("the backup could not be read", backup.drill, args.backup, args.database)
+    return _backup_call("the backup could not be read", backup.drill, args.backup, args.database,
+                        create=args.create)
 
 
 NEEDS_NO_DATABASE = (cmd_encryption_new_key,)
@@ -351,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='"latest" (the default) or an object key (backups/course-supporter-<UTC>.dump)')
     drill.add_argument("--database", required=True,
                        help="the empty scratch database to restore into (same server and login as DATABASE_URL)")
+    drill.add_argument("--create", action="store_true",
+                       help="create the scratch database first (dropping one left over) and drop it afterwards, "
+                            "with DATABASE_URL's login: it needs the CREATEDB privilege")
     drill.set_defaults(func=cmd_backup_drill)
     return parser
 

@@ -184,15 +184,21 @@ def restore(settings: Settings, name: str, database: str) -> dict:
             "seconds": round(time.monotonic() - started, 1)}
 
 
-def drill(settings: Settings, name: str, database: str) -> dict:
+def drill(settings: Settings, name: str, database: str, *, create: bool = False) -> dict:
     """The restore drill: backup ``name`` restored into the empty scratch ``database`` as
     ``restore`` does it, its fingerprint compared with the one taken with the backup, and
     the result recorded in the live database (the metrics read it). ``ok`` says whether
-    every table came back with the same rows; ``detail`` says what differed or failed."""
+    every table came back with the same rows; ``detail`` says what differed or failed.
+    ``create``: the scratch database is made first (one left over is dropped) and dropped
+    afterwards, by DATABASE_URL's login (a database on another host, where no local
+    superuser can)."""
     client = _client(settings)
     started = time.monotonic()
     key = name
     try:
+        if create:
+            _scratch_database(settings, "dropdb", "--if-exists", "--force", database)
+            _scratch_database(settings, "createdb", "--template=template0", database)
         key = find(settings, name, client)["key"]
         try:
             stored = client.get_object(Bucket=settings.s3_bucket, Key=fingerprint_key(key))["Body"].read()
@@ -209,9 +215,22 @@ def drill(settings: Settings, name: str, database: str) -> dict:
                   if ok else "; ".join(differences))
     except BackupFailed as exc:
         ok, detail = False, str(exc)
+    finally:
+        if create:
+            _scratch_database(settings, "dropdb", "--if-exists", "--force", database, check=False)
     seconds = round(time.monotonic() - started, 1)
     asyncio.run(_record_drill(settings.database_url, key, ok, seconds, detail))
     return {"key": key, "ok": ok, "seconds": seconds, "database": database, "detail": detail}
+
+
+def _scratch_database(settings: Settings, tool: str, *args: str, check: bool = True) -> None:
+    """createdb/dropdb with DATABASE_URL's login, by way of the live database (the only one
+    a remote database host may admit this login to besides the scratch ones)."""
+    env = {**os.environ, **dburl.libpq_env(settings.database_url)}
+    done = subprocess.run([tool, f"--maintenance-db={env['PGDATABASE']}", *args], env=env,
+                          capture_output=True, text=True, timeout=CONNECT_TIMEOUT_S * 6)
+    if check and done.returncode != 0:
+        raise BackupFailed(f"{tool} exited with {done.returncode}: {done.stderr.strip()}")
 
 
 async def _fingerprint_of(database_url: str, database: str) -> dict[str, dict]:

@@ -137,4 +137,6 @@ def test_one_fixture_makes_the_courses_of_the_app_tests():
 
 
 def test_one_helper_makes_a_course_at_a_running_server():
-    assert course_makers(TESTS / "support") == ["tests/support/courses.py::create_course"]
+    """Besides the load client, whose writes are the load it puts on a deploy or a failing host."""
+    assert course_makers(TESTS / "support") == ["tests/support/courses.py::create_course",
+                                                "tests/support/load.py::_run"]

@@ -153,6 +153,18 @@ def test_a_drill_restores_a_backup_and_finds_every_table_as_it_was_taken(setting
     assert recorded == f"{key} true"
 
 
+def test_a_drill_with_create_makes_its_scratch_database_and_drops_it_afterwards(settings, pg, app_env):
+    """`backup drill --create` (a database on another host, where no local superuser can make
+    the scratch database): the app's login makes it, a leftover one is replaced, and it is gone after."""
+    key = backup.create(settings, keep_days=3650)["key"]
+    target = unique("drill_create").replace("-", "_")
+    pg.create_database(target)  # left over by a drill that was killed
+    run = admin("backup", "drill", key, "--database", target, "--create", "--json", env=app_env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads(run.stdout)["ok"] is True
+    assert pg.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{target}'") == "0"
+
+
 def test_a_drill_of_a_backup_that_does_not_hold_what_was_taken_fails_and_says_which_table(
         settings, s3, bucket, pg, database_url, app_env):
     """A dump replaced by another one (later data) under the same name: it restores, but

@@ -32,7 +32,8 @@ def ca():
 def tls_pg(ca):
     leaf = ca.issue_cert("127.0.0.1")
     with PostgresCluster(tls=(leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())) as cluster:
-        cluster.psql(f"CREATE ROLE cs_app LOGIN PASSWORD '{PASSWORD}'")
+        # CREATEDB: the restore drill makes its scratch database itself when the database is remote.
+        cluster.psql(f"CREATE ROLE cs_app LOGIN CREATEDB PASSWORD '{PASSWORD}'")
         cluster.create_database("course_supporter", owner="cs_app")
         yield cluster
 
@@ -81,6 +82,10 @@ async def test_the_app_its_listener_migrations_and_backups_all_speak_verified_tl
     assert apply_migrations(tls_url) == []  # psycopg, through yoyo, connected and found nothing to do
     result = await asyncio.to_thread(backup.create, settings, keep_days=14)  # pg_dump, with the URL as libpq's variables
     assert result["size_bytes"] > 0
+    # The drill of a database on another host: createdb, pg_restore, dropdb, all with this login over TLS.
+    drill = await asyncio.to_thread(backup.drill, settings, result["key"], "course_supporter_drill", create=True)
+    assert drill["ok"], drill["detail"]
+    assert tls_pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'course_supporter_drill'") == "0"
 
 
 @pytest.mark.parametrize("wrong", ["another CA", "another name"])

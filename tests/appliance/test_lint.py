@@ -22,7 +22,8 @@ def test_ansible_lint_production_profile():
 
 
 def test_playbooks_pass_the_syntax_check():
-    for inventory in ("inventory/local", "inventory/production.example"):
-        result = ansible_playbook("-i", inventory, "--syntax-check", "playbooks/site.yml", capture=True,
-                                  timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
+    for inventory in ("inventory/local", "inventory/local-cluster", "inventory/production.example"):
+        for playbook in ("site.yml", "backup.yml", "restore.yml", "rollback.yml"):
+            result = ansible_playbook("-i", inventory, "--syntax-check", f"playbooks/{playbook}", capture=True,
+                                      timeout=120)
+            assert result.returncode == 0, result.stdout + result.stderr

@@ -8,8 +8,6 @@ hammers the API over HTTPS; the last one deploys the checkout itself again."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -21,10 +19,9 @@ from app import __version__
 from tests.localvps.layout import ROOT
 from tests.support.keys import unlimited_key_command
 
-from .load import Load
+from tests.support.load import Load
+from tests.support.releases import changed_tree
 
-# What a deploy takes from a tree (the release, the unit and site templates).
-DEPLOYED = ["app", "migrations", "gunicorn.conf.py", "requirements.txt", "systemd", "nginx"]
 MIN_REQUESTS = 200
 
 
@@ -40,25 +37,6 @@ def live_version(curl) -> str:
     status, spec = curl.json("/api/docs/openapi.json")
     assert status == 200
     return spec["info"]["version"]
-
-
-def changed_tree(where: Path, version: str, *, failing_migration: bool = False, broken_app: bool = False) -> Path:
-    tree = where / "tree"
-    for name in DEPLOYED:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            tree.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, tree / name)
-    init = tree / "app" / "__init__.py"
-    init.write_text(re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text()))
-    if failing_migration:
-        (tree / "migrations" / "9999.fails-on-purpose.sql").write_text("SELECT * FROM no_such_table;\n")
-    if broken_app:  # migrates fine, but no worker can load the app
-        with open(tree / "app" / "serve.py", "a") as f:
-            f.write('\nraise RuntimeError("a release that cannot start, on purpose")\n')
-    return tree
 
 
 def make_upgrade(source: Path | None = None, args: str = "") -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
-"""``python -m tests.localvps up|upgrade|backup|restore|down|status`` (``make vps``, ``make vps-upgrade``,
-``make vps-backup``, ``make vps-restore``, ``make vps-down``)."""
+"""``python -m tests.localvps up|cluster|upgrade|backup|restore|down|status`` (``make vps``,
+``make vps-cluster``, ``make vps-upgrade``, ``make vps-backup``, ``make vps-restore``, ``make vps-down``)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,28 @@ import sys
 import time
 
 from . import host, machine, servers
-from .layout import (DEMO_KEY_FILE, DOMAIN, NAME, SITE_CA, STATE_DIR, TELEGRAM_LOG, VPS_ADDRESS,
-                     VPS_JSON)
-from .playbook import SITE, ansible_playbook
+from .layout import (CLUSTER_DEMO_KEY_FILE, CLUSTER_DIR, CLUSTER_DOMAIN, CLUSTER_JSON, CLUSTER_S3_BUCKET,
+                     DEMO_KEY_FILE, DOMAIN, NAME, SITE_CA, STATE_DIR, TELEGRAM_LOG, VPS_ADDRESS, VPS_JSON)
+from .machine import CLUSTER, VPS, Machine
+from .playbook import CLUSTER_SITE, SITE, ansible_playbook
 
 
-def demo_key() -> dict:
-    """A prep+check key of a demo tenant, issued once and re-issued if the VPS lost it."""
-    if DEMO_KEY_FILE.exists():
-        saved = json.loads(DEMO_KEY_FILE.read_text())
+def demo_key(on: Machine = VPS, saved_in=DEMO_KEY_FILE) -> dict:
+    """A prep+check key of a demo tenant, issued once (on an app host) and re-issued if the
+    database lost it."""
+    if saved_in.exists():
+        saved = json.loads(saved_in.read_text())
         listed = machine.ssh(f"course-supporter-admin key list {shlex.quote(saved['tenant_id'])} --json",
-                             check=False)
+                             check=False, machine=on)
         if listed.returncode == 0 and any(k["id"] == saved["id"] and k.get("is_active", True)
                                           for k in json.loads(listed.stdout)):
             return saved
-    tenant = json.loads(machine.ssh("course-supporter-admin tenant create 'Local demo' --json").stdout)
+    tenant = json.loads(machine.ssh("course-supporter-admin tenant create 'Local demo' --json", machine=on).stdout)
     key = json.loads(machine.ssh(
-        f"course-supporter-admin key issue {tenant['id']} --scopes prep,check --label 'make vps demo' --json").stdout)
-    DEMO_KEY_FILE.write_text(json.dumps(key))
-    DEMO_KEY_FILE.chmod(0o600)
+        f"course-supporter-admin key issue {tenant['id']} --scopes prep,check --label 'make vps demo' --json",
+        machine=on).stdout)
+    saved_in.write_text(json.dumps(key))
+    saved_in.chmod(0o600)
     return key
 
 
@@ -51,6 +54,13 @@ def write_vps_json(api_key: str) -> dict:
 
 def boot() -> dict:
     """Everything but the playbook: host tooling, servers, network, the booted machine."""
+    with host.locked():
+        return _boot()
+
+
+def _host_side() -> dict:
+    """What the VPS and the cluster both need on the host: tooling, the image, the VPS's network
+    (the servers' address) and the servers; the state."""
     state = host.load_state()
     if host.netns_exists() and not state.get("network"):
         raise SystemExit(f"error: a network namespace {NAME!r} exists that this checkout did not create "
@@ -58,10 +68,15 @@ def boot() -> dict:
     host.ensure_inaccessible_nodes()
     machine.ensure_ssh_key()
     machine.ensure_rootfs_cache()
-    machine.ensure_machine_rootfs()
     host.network_up(state)
     servers.start_all(state)
-    servers.record_site_ca()  # before the playbook: the VPS trusts these roots
+    servers.record_site_ca()  # before the playbook: the machines trust these roots
+    return state
+
+
+def _boot() -> dict:
+    state = _host_side()
+    machine.ensure_machine_rootfs()
     machine.boot(state)
     machine.wait_until_ready(state)
     return state
@@ -87,6 +102,72 @@ Course Supporter local VPS is up ({elapsed:.0f} s).
   Try:         {curl} -H 'X-API-Key: {key}' {url}/api/v1/courses
   SSH:         {description['ssh']}
   Details:     {VPS_JSON}; stop it all with `make vps-down`.
+""", flush=True)
+    return 0
+
+
+def cluster_boot() -> dict:
+    """The local cluster's machines booted on their bridge, with the VPS's host-side servers."""
+    with host.locked():
+        return _cluster_boot()
+
+
+def _cluster_boot() -> dict:
+    state = _host_side()
+    servers.ensure_bucket(CLUSTER_S3_BUCKET)
+    web = next(m for m in CLUSTER if "web" in m.groups)
+    servers.point_name(CLUSTER_DOMAIN, web.address)
+    host.cluster_network_up(state, CLUSTER)
+    machine.write_ssh_config(CLUSTER)
+    for m in CLUSTER:
+        machine.ensure_machine_rootfs(m)
+        machine.boot(state, m)
+    for m in CLUSTER:
+        machine.wait_until_ready(state, machine=m)
+    return state
+
+
+def write_cluster_json(api_key: str) -> dict:
+    web = next(m for m in CLUSTER if "web" in m.groups)
+    description = {
+        "url": f"https://{CLUSTER_DOMAIN}",
+        "domain": CLUSTER_DOMAIN,
+        "address": web.address,
+        "ca_cert": str(SITE_CA),
+        "api_key": api_key,
+        "ssh": shlex.join(machine.ssh_command(web)),
+        "telegram_log": str(TELEGRAM_LOG),
+        "hosts": [{"name": m.alias, "groups": list(m.groups), "address": m.address,
+                   "ssh": shlex.join(machine.ssh_command(m))} for m in CLUSTER],
+    }
+    CLUSTER_JSON.write_text(json.dumps(description, indent=2) + "\n")
+    CLUSTER_JSON.chmod(0o600)
+    return description
+
+
+def cluster_up(extra_args: list[str] = ()) -> int:
+    started = time.monotonic()
+    cluster_boot()
+    host.log("provisioning: ansible-playbook " + " ".join([*CLUSTER_SITE, *extra_args]))
+    if ansible_playbook(*CLUSTER_SITE, *extra_args).returncode != 0:
+        host.log("the playbook failed (see above); the cluster stays up: fix and run `make vps-cluster` again")
+        return 1
+    app = next(m for m in CLUSTER if "app" in m.groups)
+    description = write_cluster_json(demo_key(app, CLUSTER_DEMO_KEY_FILE)["key"])
+    elapsed = time.monotonic() - started
+    url, key = description["url"], description["api_key"]
+    curl = f"curl --resolve {CLUSTER_DOMAIN}:443:{description['address']} --cacert {SITE_CA}"
+    hosts = "\n".join(f"    {h['name']:5} {','.join(h['groups']):4} {h['address']:11} {h['ssh']}"
+                      for h in description["hosts"])
+    print(f"""
+Course Supporter local cluster is up ({elapsed:.0f} s).
+  URL:         {url}   (the web host, {description['address']}, with --resolve; CA: {SITE_CA})
+  Swagger UI:  {url}/docs
+  Demo key:    {key}
+  Try:         {curl} -H 'X-API-Key: {key}' {url}/api/v1/courses
+  Hosts:
+{hosts}
+  Details:     {CLUSTER_JSON}; stop it all with `make vps-down`.
 """, flush=True)
     return 0
 
@@ -133,17 +214,51 @@ def restore(name: str | None) -> int:
 
 
 def down() -> int:
+    with host.locked():
+        return _down()
+
+
+def _down() -> int:
     state = host.load_state()
     machine.shutdown(state)
+    for m in CLUSTER:
+        machine.shutdown(state, m)
     servers.stop_all(state)
+    host.cluster_network_down(state, CLUSTER)
     host.network_down(state)
     machine.remove()
-    for path in (VPS_JSON, DEMO_KEY_FILE, SITE_CA, TELEGRAM_LOG, STATE_DIR / "secrets", STATE_DIR / "state.json"):
+    for path in (VPS_JSON, CLUSTER_JSON, CLUSTER_DIR, DEMO_KEY_FILE, SITE_CA, TELEGRAM_LOG, STATE_DIR / "secrets",
+                 STATE_DIR / "state.json"):
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    host.log("the local VPS and its host-side servers are gone (the image cache in .vps/cache stays)")
+    host.log("the local VPS, the local cluster and their host-side servers are gone "
+             "(the image cache in .vps/cache stays)")
+    return 0
+
+
+def cluster_down() -> int:
+    """The local cluster alone; the host-side servers stay while the local VPS runs."""
+    with host.locked():
+        return _cluster_down()
+
+
+def _cluster_down() -> int:
+    state = host.load_state()
+    for m in CLUSTER:
+        machine.shutdown(state, m)
+        machine.remove(m)
+    host.cluster_network_down(state, CLUSTER)
+    for path in (CLUSTER_JSON, CLUSTER_DIR):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if not host.is_running(state["processes"].get(VPS.process)):
+        servers.stop_all(state)
+        host.network_down(state)
+    host.log("the local cluster is gone")
     return 0
 
 
@@ -152,16 +267,18 @@ def status() -> int:
     for name, entry in sorted(state.get("processes", {}).items()):
         print(f"{name:14} pid {entry['pid']:>7}  {'running' if host.is_running(entry) else 'gone'}")
     print(f"network        {'up' if host.netns_exists() else 'down'}")
+    print(f"cluster net    {'up' if state.get('cluster_network') else 'down'}")
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.localvps", description="The local VPS.")
-    parser.add_argument("command", choices=["up", "upgrade", "backup", "restore", "down", "status", "boot"])
+    parser.add_argument("command", choices=["up", "cluster", "cluster-down", "upgrade", "backup", "restore", "down",
+                                            "status", "boot"])
     parser.add_argument("--source", help="upgrade: deploy this tree instead of the checkout")
     parser.add_argument("--backup", help='restore: "latest" or an object key under backups/')
     args, rest = parser.parse_known_args()  # upgrade: after "--", further ansible-playbook arguments
-    if rest and (rest[0] != "--" or args.command != "upgrade"):
+    if rest and (rest[0] != "--" or args.command not in ("upgrade", "cluster")):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     command = args.command
     if os.geteuid() != 0:
@@ -172,9 +289,11 @@ def main() -> int:
         return 0
     if command == "upgrade":
         return upgrade(args.source, rest[1:])
+    if command == "cluster":
+        return cluster_up(rest[1:])
     if command == "restore":
         return restore(args.backup)
-    return {"up": up, "backup": backup, "down": down, "status": status}[command]()
+    return {"up": up, "backup": backup, "down": down, "cluster-down": cluster_down, "status": status}[command]()
 
 
 if __name__ == "__main__":

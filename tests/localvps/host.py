@@ -1,7 +1,9 @@
-"""Host-side plumbing: commands, the state file, background processes, the VPS's network."""
+"""Host-side plumbing: commands, the state file, background processes, the machines' networks."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -9,7 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from .layout import HOST_ADDRESS, HOST_IF, LOG_DIR, NAME, STATE_FILE, SUBNET, VPS_ADDRESS
+from .layout import (CLUSTER_BRIDGE, CLUSTER_HOST_ADDRESS, CLUSTER_SUBNET, HOST_ADDRESS, HOST_IF, LOG_DIR, NAME,
+                     STATE_FILE, SUBNET, VPS_ADDRESS)
 
 NAT_TABLE = f"{NAME}_nat"
 
@@ -24,6 +27,16 @@ def log(message: str) -> None:
 
 
 # -- state -----------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked():
+    """One command at a time changes the state file and the host's networks (`make vps` and
+    `make vps-cluster` may run at once: the test session boots the cluster in the background)."""
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(STATE_FILE.with_name("lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
 
 def load_state() -> dict:
     try:
@@ -85,6 +98,15 @@ def stop(state: dict, name: str, timeout: float = 30.0) -> None:
     save_state(state)
 
 
+def kill(pid: int, timeout: float = 30.0) -> None:
+    """SIGKILL, and wait until the process is gone."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _cmdline(pid):
+        _reap(pid)
+        time.sleep(0.05)
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -140,12 +162,17 @@ def network_up(state: dict) -> None:
         state["ip_forward"] = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
         save_state(state)
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
-    if run("nft", "list", "table", "ip", NAT_TABLE, check=False, capture=True).returncode != 0:
+    masquerade(NAT_TABLE, SUBNET, HOST_IF)
+
+
+def masquerade(table: str, subnet: str, interface: str) -> None:
+    """An nftables table of ours: the machines' traffic from ``subnet`` leaves through the host's address."""
+    if run("nft", "list", "table", "ip", table, check=False, capture=True).returncode != 0:
         run("nft", "-f", "-", input=f"""
-table ip {NAT_TABLE} {{
+table ip {table} {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        ip saddr {SUBNET} oifname != "{HOST_IF}" masquerade
+        ip saddr {subnet} oifname != "{interface}" masquerade
     }}
 }}
 """)
@@ -161,3 +188,55 @@ def network_down(state: dict) -> None:
     if "ip_forward" in state:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(state.pop("ip_forward"))
     save_state(state)
+
+
+# -- the local cluster's network: a bridge, one namespace and veth pair per machine ---------
+
+CLUSTER_NAT_TABLE = "cscl_nat"
+
+
+def veth_name(machine) -> str:
+    """The host end of a cluster machine's veth pair (on the bridge)."""
+    return f"cscl-{machine.alias}"
+
+
+def cluster_network_up(state: dict, machines) -> None:
+    """Every machine on the bridge at its address, routed (and NATed to the outside) through
+    the host; the host-side servers are the VPS's (network_up puts their address on the host)."""
+    if run("ip", "link", "show", CLUSTER_BRIDGE, check=False, capture=True).returncode != 0:
+        log(f"network: bridge {CLUSTER_BRIDGE} {CLUSTER_HOST_ADDRESS} for {CLUSTER_SUBNET}")
+        run("ip", "link", "add", CLUSTER_BRIDGE, "type", "bridge")
+        run("ip", "addr", "add", f"{CLUSTER_HOST_ADDRESS}/24", "dev", CLUSTER_BRIDGE)
+        run("ip", "link", "set", CLUSTER_BRIDGE, "up")
+        state["cluster_network"] = True
+        save_state(state)
+    for machine in machines:
+        if Path(f"/run/netns/{machine.name}").exists():
+            continue
+        run("ip", "netns", "add", machine.name)
+        run("ip", "link", "add", veth_name(machine), "type", "veth", "peer", "name", "eth0", "netns", machine.name)
+        run("ip", "link", "set", veth_name(machine), "master", CLUSTER_BRIDGE)
+        run("ip", "link", "set", veth_name(machine), "up")
+        run("ip", "-n", machine.name, "link", "set", "lo", "up")
+        run("ip", "-n", machine.name, "addr", "add", f"{machine.address}/24", "dev", "eth0")
+        run("ip", "-n", machine.name, "link", "set", "eth0", "up")
+        run("ip", "-n", machine.name, "route", "add", "default", "via", CLUSTER_HOST_ADDRESS)
+    masquerade(CLUSTER_NAT_TABLE, CLUSTER_SUBNET, CLUSTER_BRIDGE)
+
+
+def cluster_network_down(state: dict, machines) -> None:
+    if run("nft", "list", "table", "ip", CLUSTER_NAT_TABLE, check=False, capture=True).returncode == 0:
+        run("nft", "delete", "table", "ip", CLUSTER_NAT_TABLE)
+    for machine in machines:
+        if Path(f"/run/netns/{machine.name}").exists():
+            run("ip", "link", "del", veth_name(machine), check=False)
+            run("ip", "netns", "del", machine.name)
+    if state.get("cluster_network"):
+        run("ip", "link", "del", CLUSTER_BRIDGE, check=False)
+    state.pop("cluster_network", None)
+    save_state(state)
+
+
+def set_link(machine, up: bool) -> None:
+    """Plug or unplug a cluster machine's cable (the host end of its veth pair)."""
+    run("ip", "link", "set", veth_name(machine), "up" if up else "down")

@@ -1,7 +1,7 @@
-"""Where the local VPS keeps its files, and its fixed addresses and ports.
+"""Where the local VPS and the local cluster keep their files, and their fixed addresses and ports.
 
-One local VPS per machine: its network names and addresses are fixed so that
-``inventory/local`` can name them.
+One local VPS and one local cluster per machine: their network names and addresses are
+fixed so that ``inventory/local`` and ``inventory/local-cluster`` can name them.
 """
 
 from __future__ import annotations
@@ -42,6 +42,21 @@ LLM_FALLBACK_PORT = 8091                 # the app's fallback provider
 S3_BUCKET = "course-supporter-local"
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local-vps", "AWS_SECRET_ACCESS_KEY": "local-vps-secret",
                   "AWS_DEFAULT_REGION": "us-east-1"}
+
+# The local cluster (`make vps-cluster`): four machines on one bridge, using the VPS's host-side
+# servers (at HOST_ADDRESS, reached through the host). Name, inventory groups, address.
+CLUSTER_DIR = STATE_DIR / "cluster"              # the machines' root filesystems, ssh config, demo key
+CLUSTER_JSON = STATE_DIR / "cluster.json"
+CLUSTER_SSH_CONFIG = CLUSTER_DIR / "ssh_config"
+CLUSTER_KNOWN_HOSTS = CLUSTER_DIR / "known_hosts"
+CLUSTER_DEMO_KEY_FILE = CLUSTER_DIR / "demo-key.json"
+CLUSTER_BRIDGE = "cscl0"
+CLUSTER_SUBNET = "10.78.0.0/24"
+CLUSTER_HOST_ADDRESS = "10.78.0.1"               # the host, on the bridge
+CLUSTER_DOMAIN = "cluster.course-supporter.test"
+CLUSTER_S3_BUCKET = "course-supporter-cluster"
+CLUSTER_HOSTS = (("web1", ("web",), "10.78.0.10"), ("app1", ("app",), "10.78.0.11"),
+                 ("app2", ("app",), "10.78.0.12"), ("db1", ("db",), "10.78.0.13"))
 
 SUITE = "bookworm"
 ROOTFS_PACKAGES = ["systemd", "dbus", "python3", "openssh-server", "sudo", "iproute2", "ca-certificates"]

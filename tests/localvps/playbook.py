@@ -10,6 +10,7 @@ from pathlib import Path
 from .layout import ROOT
 
 SITE = ["-i", "inventory/local", "playbooks/site.yml"]
+CLUSTER_SITE = ["-i", "inventory/local-cluster", "playbooks/site.yml"]
 
 
 def ansible_playbook(*args: str, capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:

@@ -28,6 +28,7 @@ from .layout import (DNS_PORT, HOST_ADDRESS, LLM_FALLBACK_PORT, LLM_PORT, PEBBLE
                      S3_BUCKET, S3_CREDENTIALS, S3_PORT, SITE_CA, STATE_DIR, TELEGRAM_LOG, TELEGRAM_PORT, VPS_ADDRESS)
 
 ACME_DIRECTORY = f"https://{HOST_ADDRESS}:{PEBBLE_PORT}/dir"
+DNS_MANAGEMENT_PORT = 8055
 S3_ENDPOINT = f"http://{HOST_ADDRESS}:{S3_PORT}"
 TELEGRAM_HOSTNAME = "api.telegram.org"
 
@@ -47,7 +48,7 @@ def start_all(state: dict) -> None:
     _ensure(state, "challtestsrv", [
         "pebble-challtestsrv", "-defaultIPv4", VPS_ADDRESS, "-defaultIPv6", "",
         "-dns01", f"{HOST_ADDRESS}:{DNS_PORT}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-        "-management", f"{HOST_ADDRESS}:8055",
+        "-management", f"{HOST_ADDRESS}:{DNS_MANAGEMENT_PORT}",
     ], DNS_PORT)
     cert, key = pki.ensure_server_cert("pebble", ips=[HOST_ADDRESS])
     config = STATE_DIR / "pebble.json"
@@ -61,11 +62,7 @@ def start_all(state: dict) -> None:
             PEBBLE_PORT, env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
     _ensure(state, "s3", [sys.executable, "-m", "moto.server", "-H", HOST_ADDRESS, "-p", str(S3_PORT)],
             S3_PORT, env=S3_CREDENTIALS)
-    s3 = boto3.client("s3", endpoint_url=S3_ENDPOINT, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-                      region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
-    if S3_BUCKET not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-        s3.create_bucket(Bucket=S3_BUCKET)
+    ensure_bucket(S3_BUCKET)
     cert, key = pki.ensure_server_cert("telegram", dns=[TELEGRAM_HOSTNAME])
     TELEGRAM_LOG.touch()
     _ensure(state, "telegram", [sys.executable, "-m", "tests.localvps.telegram",
@@ -75,6 +72,22 @@ def start_all(state: dict) -> None:
             LLM_PORT)
     _ensure(state, "llm-fallback", [sys.executable, "-m", "tests.support.llm_server",
                                     "--listen", f"{HOST_ADDRESS}:{LLM_FALLBACK_PORT}"], LLM_FALLBACK_PORT)
+
+
+def ensure_bucket(name: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=S3_ENDPOINT, aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                      region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"])
+    if name not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=name)
+
+
+def point_name(name: str, address: str) -> None:
+    """Make the ACME server's DNS answer ``address`` for ``name`` (every other name: the VPS)."""
+    request = urllib.request.Request(f"http://{HOST_ADDRESS}:{DNS_MANAGEMENT_PORT}/add-a", method="POST",
+                                     data=json.dumps({"host": name + ".", "addresses": [address]}).encode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
 
 
 def stop_all(state: dict) -> None:

@@ -43,7 +43,14 @@ def start(*ansible_args: str, tags: str = "render") -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, dict[str, str]]:
-    """The playbook's exit status, the first failure's message (or ""), and the rendered files by name."""
+    """The playbook's exit status, the first failure's message (or ""), and the rendered files by name
+    (of the one host rendered)."""
+    status, failure, by_host = finish_hosts(process, timeout)
+    return status, failure, next(iter(by_host.values()), {})
+
+
+def finish_hosts(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, dict[str, dict[str, str]]]:
+    """As ``finish``, with the rendered files of every host rendered: host -> name -> text."""
     output, errors = process.communicate(timeout=timeout)
     try:
         report = json.loads(output)
@@ -51,12 +58,12 @@ def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, d
         return process.returncode, f"{output[-2000:]}\n{errors[-2000:]}", {}
     rendered, failures = {}, []
     for task in (task for play in report["plays"] for task in play["tasks"]):
-        for result in task["hosts"].values():
+        for host, result in task["hosts"].items():
             for item in result.get("results", [result]):
                 if item.get("failed"):
                     failures.append(f"{task['task']['name']}: {item.get('msg')}")
                 elif isinstance(item.get("item"), dict) and "src" in item["item"]:
-                    rendered[item["item"]["name"]] = item["msg"]
+                    rendered.setdefault(host, {})[item["item"]["name"]] = item["msg"]
     return process.returncode, "\n".join(failures) or errors[-2000:], rendered
 
 

@@ -21,19 +21,25 @@ SCENARIOS = {
     "operator_choices": ("-i", "localhost,", *templates.extra_vars(
         {**templates.REQUIRED, "app_max_upload_bytes": 2 * 2**30 + 1, "app_extra_env": {"UPLOADS_PER_WORKER": "16"},
          "nginx_metrics_password": "scraper-password-0000"})),
-    # A web host in front of two app hosts (tests/templates/cluster.yml).
-    "cluster_web": ("-i", str(CLUSTER), *templates.extra_vars(
-        {**templates.REQUIRED, "render_host": "web1", "render_topology": "course_supporter"})),
 }
+# A web host in front of two app hosts, and a database host (tests/templates/cluster.yml):
+# every host rendered, as scenario "cluster_<host>".
+CLUSTER_SCENARIO = ("-i", str(CLUSTER), *templates.extra_vars(
+    {**{k: v for k, v in templates.REQUIRED.items() if k != "app_database_url"},
+     "render_host": "course_supporter", "render_topology": "course_supporter"}))
 
 
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, dict[str, str]]:
     """scenario -> template name -> rendered text."""
     started = {name: templates.start(*args) for name, args in SCENARIOS.items()}
+    cluster = templates.start(*CLUSTER_SCENARIO)
     results = {}
     for name, run in started.items():
         status, output, files = templates.finish(run)
         assert status == 0, f"{name}:\n{output[-4000:]}"
         results[name] = files
+    status, output, hosts = templates.finish_hosts(cluster)
+    assert status == 0, f"cluster:\n{output[-4000:]}"
+    results.update({f"cluster_{host}": files for host, files in hosts.items()})
     return results

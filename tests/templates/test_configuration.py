@@ -104,9 +104,10 @@ def test_the_app_role_refuses_app_extra_env_for_a_variable_it_sets():
 
 
 def _derived(role: str, default) -> bool:
-    """A default that is another role's variable (or made from one)."""
-    others = [r.name for r in ROLES.iterdir() if r.is_dir() and r.name != role]
-    return bool(re.search(r"\{\{.*\b(" + "|".join(others) + r")_\w+", str(default), re.S))
+    """A default that is another role's variable (or made from one), or the topology's
+    (the inventory's groups, or playbooks/tasks/topology.yml's course_supporter_*)."""
+    others = [r.name for r in ROLES.iterdir() if r.is_dir() and r.name != role] + ["course_supporter"]
+    return bool(re.search(r"\{\{.*(\b(" + "|".join(others) + r")_\w+|\bgroups\[)", str(default), re.S))
 
 
 # Left to their defaults by the production template, which says so in its header.

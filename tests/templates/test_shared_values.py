@@ -118,7 +118,7 @@ def test_systemd_gives_the_app_longer_to_stop_than_gunicorn_takes(rendered):
 def test_nginx_balances_over_every_app_host_at_its_own_address(rendered):
     """A web host in front of two app hosts (tests/templates/cluster.yml) sends requests to
     both, each at the address and port its app listens on."""
-    conf = rendered["cluster_web"]["course-supporter.conf"]
+    conf = rendered["cluster_web1"]["course-supporter.conf"]
     assert _upstream_servers(conf) == ["10.78.0.11:8000", "10.78.0.12:8001"]
 
 
@@ -126,7 +126,7 @@ def test_a_failing_app_host_is_left_out_and_no_post_is_sent_twice(rendered):
     """Passive health checks on every server; a request goes to the next host only after a
     connection error or timeout, and never when it is a POST or PATCH already sent (nginx
     retries those only with non_idempotent, which must not appear)."""
-    conf = rendered["cluster_web"]["course-supporter.conf"]
+    conf = rendered["cluster_web1"]["course-supporter.conf"]
     servers = [line for line in _upstream(conf).splitlines() if line.strip().startswith("server ")]
     assert len(servers) == 2 and all("max_fails=2 fail_timeout=10s;" in line for line in servers)
     assert "proxy_next_upstream error timeout;" in conf
@@ -137,8 +137,70 @@ def test_nginx_lets_go_of_idle_app_connections_before_the_app_closes_them(render
     """nginx keeps idle upstream connections for less time than the app keeps them, and than
     a shutting-down app keeps serving them: an idle connection is always closed by nginx
     first, so no request (a POST nginx could not retry) is sent on one the app is closing."""
-    for scenario in ("defaults", "production", "cluster_web"):
+    for scenario in ("defaults", "production", "cluster_web1"):
         body = _upstream(rendered[scenario]["course-supporter.conf"])
         idle = int(re.search(r"^\s*keepalive_timeout (\d+)s;", body, re.M).group(1))
         assert int(re.search(r"^\s*keepalive (\d+);", body, re.M).group(1)) > 0
         assert idle < ACCEPT_GRACE_S < KEEPALIVE_S, scenario
+
+
+# --- the cluster's private network (tests/templates/cluster.yml) ------------------------------
+
+def _admitted(nftables: str) -> dict[str, set[str]]:
+    """port -> the source addresses the firewall admits to it (besides the ports open to all)."""
+    admitted = {}
+    for sources, port in re.findall(r"^\s*ip6? saddr \{ ([^}]*) \} tcp dport (\d+) accept$", nftables, re.M):
+        admitted.setdefault(port, set()).update(a.strip() for a in sources.split(","))
+    return admitted
+
+
+def test_each_host_admits_only_its_peers_to_its_private_ports(rendered):
+    """The app's port admits the web host only; PostgreSQL's port admits the app hosts only; the
+    web host opens nothing to the private network. The single VPS opens no private port at all."""
+    assert _admitted(rendered["cluster_app1"]["base.nftables.conf"]) == {"8000": {"10.78.0.10"}}
+    assert _admitted(rendered["cluster_app2"]["base.nftables.conf"]) == {"8001": {"10.78.0.10"}}
+    assert _admitted(rendered["cluster_db1"]["base.nftables.conf"]) == {"5432": {"10.78.0.11", "10.78.0.12"}}
+    assert _admitted(rendered["cluster_web1"]["base.nftables.conf"]) == {}
+    assert _admitted(rendered["defaults"]["base.nftables.conf"]) == {}
+
+
+def test_app_hosts_listen_on_their_private_address_and_the_single_vps_on_loopback(rendered):
+    assert "ListenStream=10.78.0.11:8000" in rendered["cluster_app1"]["course-supporter.socket"]
+    assert "ListenStream=10.78.0.12:8001" in rendered["cluster_app2"]["course-supporter.socket"]
+    assert "ListenStream=127.0.0.1:8000" in rendered["defaults"]["course-supporter.socket"]
+
+
+def test_the_database_host_speaks_tls_on_its_private_address_to_the_app_hosts_only(rendered):
+    """PostgreSQL listens on loopback and its private address with TLS on; pg_hba admits each app
+    host to the app's databases as the app's role over TLS with scram-sha-256, nothing else from
+    the network; the app hosts connect with verify-full against the db host's CA."""
+    conf = rendered["cluster_db1"]["postgresql.course-supporter.conf"]
+    assert "listen_addresses = 'localhost,10.78.0.13'" in conf and "\nssl = on\n" in conf
+    hba = [line.split() for line in rendered["cluster_db1"]["postgresql.pg_hba.conf"].splitlines()
+           if line.startswith(("host", "hostssl", "hostnossl"))]
+    remote = [rule for rule in hba if not rule[3].startswith(("127.", "::1"))]
+    assert remote == [["hostssl", "course_supporter,course_supporter_restore,course_supporter_drill",
+                       "course_supporter", f"{address}/32", "scram-sha-256"]
+                      for address in ("10.78.0.11", "10.78.0.12")]
+    env = rendered["cluster_app1"]["app.env"]
+    assert ("@10.78.0.13:5432/course_supporter?sslmode=verify-full"
+            "&sslrootcert=/etc/course-supporter/postgresql-ca.pem\"") in env
+    single = rendered["defaults"]["postgresql.course-supporter.conf"]
+    assert "listen_addresses = 'localhost'" in single and "ssl = on" not in single
+
+
+def test_netdata_watches_what_each_host_runs_and_backups_run_on_one_app_host(rendered):
+    """The app on the app hosts, the backups on the first app host only, the public URL on the
+    web host; the restore drill on an app host makes its scratch database with the app's login."""
+    def watched(host: str) -> dict[str, str]:
+        conf = rendered[f"cluster_{host}"]["netdata.course_supporter.conf"]
+        return {key: re.search(rf"^  {key}: '([^']*)'$", conf, re.M).group(1)
+                for key in ("unit", "backup_unit", "public_url")}
+    assert watched("web1") == {"unit": "", "backup_unit": "", "public_url": "https://api.example.com/health"}
+    assert watched("app1") == {"unit": "course-supporter.service", "backup_unit": "course-supporter-backup.service",
+                               "public_url": ""}
+    assert watched("app2")["unit"] == "course-supporter.service" and watched("app2")["backup_unit"] == ""
+    assert watched("db1") == {"unit": "", "backup_unit": "", "public_url": ""}
+    drill = rendered["cluster_app1"]["course-supporter-restore-drill.service"]
+    assert "--create" in drill and "runuser -u postgres" not in drill
+    assert "--create" not in rendered["defaults"]["course-supporter-restore-drill.service"]

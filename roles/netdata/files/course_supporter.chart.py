@@ -38,6 +38,15 @@ ORDER = ['status', 'restarts', 'backup', 'backup_age', 'restore_drill', 'restore
          'llm_cost', 'uploads', 'upload_bytes', 'upload_errors', 'db_pool', 'db_pool_saturation', 'public',
          'certificate']
 
+# Which charts each part of the check draws; a part whose setting is empty (the host runs no
+# app, takes no backups, or serves no public URL) draws none, and its alarms attach to nothing.
+PARTS = {
+    'unit': ['status', 'restarts', 'requests', 'latency', 'rate_limited', 'llm_calls', 'llm_cost', 'uploads',
+             'upload_bytes', 'upload_errors', 'db_pool', 'db_pool_saturation'],
+    'backup_unit': ['backup', 'backup_age', 'restore_drill', 'restore_drill_age'],
+    'public_url': ['public', 'certificate'],
+}
+
 CHARTS = {
     'status': {
         'options': [None, 'course-supporter up (unit active and /health 200)', 'up', 'course-supporter',
@@ -184,7 +193,6 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 class Service(SimpleService):
     def __init__(self, configuration=None, name=None):
         SimpleService.__init__(self, configuration=configuration, name=name)
-        self.order = ORDER
         self.definitions = CHARTS
         self.unit = self.configuration.get('unit', 'course-supporter.service')
         self.url = self.configuration.get('url', 'http://127.0.0.1:8000/health')
@@ -207,9 +215,13 @@ class Service(SimpleService):
         self.drill_seconds = None
         self.public = {}
         self.public_checked = None
+        parts = {'unit': self.unit, 'backup_unit': self.unit and self.backup_unit, 'public_url': self.public_url}
+        self.order = [chart for chart in ORDER if any(parts[part] and chart in charts for part, charts in PARTS.items())]
 
     def check(self):
-        return self._unit_state() is not None
+        if self.unit:
+            return self._unit_state() is not None
+        return bool(self.order)
 
     # --- systemd -----------------------------------------------------------------------
 
@@ -362,26 +374,29 @@ class Service(SimpleService):
         return (not_after - datetime.datetime.utcnow()).total_seconds() / 86400
 
     def get_data(self):
-        state = self._unit_state()
-        if state is None:
-            return None
-        active_state, restarts = state
-        unit_active = int(active_state == 'active')
-        healthy = int(unit_active and self._healthy())
-        data = {
-            'up': int(unit_active and healthy),
-            'unit_active': unit_active,
-            'healthy': healthy,
-            'restarts_10m': self._count_restarts(restarts),
-            'backup_failed': self._failed(self.backup_unit),
-            'drill_failed': self._failed(self.drill_unit),
-        }
-        samples = self._scrape() if unit_active else None
-        if samples is not None:
-            data.update(self._metrics(samples))
-        data['backup_age_hours'] = int(self._age_s(self.newest_backup, self.backup_timer) / 3600 * PRECISION)
-        data['drill_age_days'] = int(self._age_s(self.last_good_drill, self.drill_timer) / 86400 * PRECISION)
-        if self.drill_seconds is not None:
-            data['drill_seconds'] = int(self.drill_seconds * PRECISION)
+        data = {}
+        if self.unit:
+            state = self._unit_state()
+            if state is None:
+                return None
+            active_state, restarts = state
+            unit_active = int(active_state == 'active')
+            healthy = int(unit_active and self._healthy())
+            data.update({
+                'up': int(unit_active and healthy),
+                'unit_active': unit_active,
+                'healthy': healthy,
+                'restarts_10m': self._count_restarts(restarts),
+            })
+            samples = self._scrape() if unit_active else None
+            if samples is not None:
+                data.update(self._metrics(samples))
+        if self.unit and self.backup_unit:  # the backups' figures come from this host's app
+            data['backup_failed'] = self._failed(self.backup_unit)
+            data['drill_failed'] = self._failed(self.drill_unit)
+            data['backup_age_hours'] = int(self._age_s(self.newest_backup, self.backup_timer) / 3600 * PRECISION)
+            data['drill_age_days'] = int(self._age_s(self.last_good_drill, self.drill_timer) / 86400 * PRECISION)
+            if self.drill_seconds is not None:
+                data['drill_seconds'] = int(self.drill_seconds * PRECISION)
         data.update(self._public())
         return data
