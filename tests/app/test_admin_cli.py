@@ -176,7 +176,12 @@ def test_unreachable_database_exits_1(tmp_path):
 
 
 def test_a_database_url_option_asyncpg_refuses_exits_1(database_url):
+    """An sslmode libpq does not know is a configuration error; a CA file that is not there, a
+    connection error: one line each, exit 1."""
     result = admin("tenant", "list", database_url=database_url + "?sslmode=bogus")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "configuration error: DATABASE_URL has sslmode 'bogus'" in result.stderr
+    result = admin("tenant", "list", database_url=database_url + "?sslmode=verify-full&sslrootcert=/nonexistent.pem")
     assert result.returncode == 1 and "cannot connect" in result.stderr and "Traceback" not in result.stderr
 
 
