@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import shlex
 import socket
 import ssl
 import time
@@ -25,7 +24,7 @@ from tests.support.keys import unlimited_key_command
 from tests.support.load import Load
 from tests.support.pg import FINGERPRINT_SQL
 from tests.support.releases import changed_tree
-from tests.support.vps import s3_client
+from tests.support.vps import psql, s3_client
 
 ADMIN = "course-supporter-admin"
 APP_PLAY = "Deploy the app on the app hosts, one at a time"  # playbooks/site.yml
@@ -94,9 +93,8 @@ def test_the_app_admits_only_the_web_host_and_postgresql_only_the_app_hosts_over
                               "-d course_supporter -c 'SELECT 1'")
     assert plain.rc != 0 and "no pg_hba.conf entry" in plain.stderr and "no encryption" in plain.stderr
     # Every session of the app is encrypted, from both app hosts.
-    sessions = hosts["db1"].check_output(
-        "cd /tmp && runuser -u postgres -- psql -XAt -c \"SELECT host(a.client_addr) || ' ' || s.ssl FROM pg_stat_ssl s "
-        "JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'course_supporter'\"").split()
+    sessions = psql(hosts["db1"], "SELECT host(a.client_addr) || ' ' || s.ssl FROM pg_stat_ssl s "
+                                  "JOIN pg_stat_activity a USING (pid) WHERE a.usename = 'course_supporter'").split()
     pairs = list(zip(sessions[::2], sessions[1::2]))
     assert {addr for addr, _ in pairs} == {app1, app2} and all(tls == "true" for _, tls in pairs), pairs
 
@@ -214,8 +212,7 @@ def test_a_rolling_upgrade_under_load_fails_nothing_and_a_failing_release_stops_
 # --- backups ----------------------------------------------------------------------------------
 
 def _fingerprint(hosts) -> list[str]:
-    return hosts["db1"].check_output(
-        f"cd /tmp && runuser -u postgres -- psql -XAt -d course_supporter -c {shlex.quote(FINGERPRINT_SQL)}").splitlines()
+    return psql(hosts["db1"], FINGERPRINT_SQL, "course_supporter").splitlines()
 
 
 def test_a_backup_taken_on_the_cluster_restores_the_same_data(cluster, hosts, curl):

@@ -37,19 +37,37 @@ def demo_key(on: Machine = VPS, saved_in=DEMO_KEY_FILE) -> dict:
     return key
 
 
-def write_vps_json(api_key: str) -> dict:
+def _write_description(path, domain: str, site: Machine, api_key: str, **more) -> dict:
+    """vps.json or cluster.json: how to reach the site (through ``site``) and its machines."""
     description = {
-        "url": f"https://{DOMAIN}",
-        "domain": DOMAIN,
-        "address": VPS_ADDRESS,
+        "url": f"https://{domain}",
+        "domain": domain,
+        "address": site.address,
         "ca_cert": str(SITE_CA),
         "api_key": api_key,
-        "ssh": shlex.join(machine.ssh_command()),
+        "ssh": shlex.join(machine.ssh_command(site)),
         "telegram_log": str(TELEGRAM_LOG),
+        **more,
     }
-    VPS_JSON.write_text(json.dumps(description, indent=2) + "\n")
-    VPS_JSON.chmod(0o600)  # it holds the demo key
+    path.write_text(json.dumps(description, indent=2) + "\n")
+    path.chmod(0o600)  # it holds the demo key
     return description
+
+
+def write_vps_json(api_key: str) -> dict:
+    return _write_description(VPS_JSON, DOMAIN, VPS, api_key)
+
+
+def _remove(*paths) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _first_in(group: str) -> Machine:
+    return next(m for m in CLUSTER if group in m.groups)
 
 
 def boot() -> dict:
@@ -115,8 +133,7 @@ def cluster_boot() -> dict:
 def _cluster_boot() -> dict:
     state = _host_side()
     servers.ensure_bucket(CLUSTER_S3_BUCKET)
-    web = next(m for m in CLUSTER if "web" in m.groups)
-    servers.point_name(CLUSTER_DOMAIN, web.address)
+    servers.point_name(CLUSTER_DOMAIN, _first_in("web").address)
     host.cluster_network_up(state, CLUSTER)
     machine.write_ssh_config(CLUSTER)
     for m in CLUSTER:
@@ -128,21 +145,9 @@ def _cluster_boot() -> dict:
 
 
 def write_cluster_json(api_key: str) -> dict:
-    web = next(m for m in CLUSTER if "web" in m.groups)
-    description = {
-        "url": f"https://{CLUSTER_DOMAIN}",
-        "domain": CLUSTER_DOMAIN,
-        "address": web.address,
-        "ca_cert": str(SITE_CA),
-        "api_key": api_key,
-        "ssh": shlex.join(machine.ssh_command(web)),
-        "telegram_log": str(TELEGRAM_LOG),
-        "hosts": [{"name": m.alias, "groups": list(m.groups), "address": m.address,
-                   "ssh": shlex.join(machine.ssh_command(m))} for m in CLUSTER],
-    }
-    CLUSTER_JSON.write_text(json.dumps(description, indent=2) + "\n")
-    CLUSTER_JSON.chmod(0o600)
-    return description
+    return _write_description(CLUSTER_JSON, CLUSTER_DOMAIN, _first_in("web"), api_key, hosts=[
+        {"name": m.alias, "groups": list(m.groups), "address": m.address, "ssh": shlex.join(machine.ssh_command(m))}
+        for m in CLUSTER])
 
 
 def cluster_up(extra_args: list[str] = ()) -> int:
@@ -152,8 +157,7 @@ def cluster_up(extra_args: list[str] = ()) -> int:
     if ansible_playbook(*CLUSTER_SITE, *extra_args).returncode != 0:
         host.log("the playbook failed (see above); the cluster stays up: fix and run `make vps-cluster` again")
         return 1
-    app = next(m for m in CLUSTER if "app" in m.groups)
-    description = write_cluster_json(demo_key(app, CLUSTER_DEMO_KEY_FILE)["key"])
+    description = write_cluster_json(demo_key(_first_in("app"), CLUSTER_DEMO_KEY_FILE)["key"])
     elapsed = time.monotonic() - started
     url, key = description["url"], description["api_key"]
     curl = f"curl --resolve {CLUSTER_DOMAIN}:443:{description['address']} --cacert {SITE_CA}"
@@ -227,12 +231,8 @@ def _down() -> int:
     host.cluster_network_down(state, CLUSTER)
     host.network_down(state)
     machine.remove()
-    for path in (VPS_JSON, CLUSTER_JSON, CLUSTER_DIR, DEMO_KEY_FILE, SITE_CA, TELEGRAM_LOG, STATE_DIR / "secrets",
-                 STATE_DIR / "state.json"):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    _remove(VPS_JSON, CLUSTER_JSON, CLUSTER_DIR, DEMO_KEY_FILE, SITE_CA, TELEGRAM_LOG, STATE_DIR / "secrets",
+            STATE_DIR / "state.json")
     host.log("the local VPS, the local cluster and their host-side servers are gone "
              "(the image cache in .vps/cache stays)")
     return 0
@@ -250,11 +250,7 @@ def _cluster_down() -> int:
         machine.shutdown(state, m)
         machine.remove(m)
     host.cluster_network_down(state, CLUSTER)
-    for path in (CLUSTER_JSON, CLUSTER_DIR):
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    _remove(CLUSTER_JSON, CLUSTER_DIR)
     if not host.is_running(state["processes"].get(VPS.process)):
         servers.stop_all(state)
         host.network_down(state)
