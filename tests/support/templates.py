@@ -20,6 +20,9 @@ TEMPLATES = {
        for path in sorted((ROOT / "roles").glob("*/templates/*.j2"))},
 }
 
+# The values the roles' tasks use, rendered as "values.json" with the templates.
+VALUES = {"name": "values.json", "src": str(ROOT / "tests" / "templates" / "values.json.j2")}
+
 # What a site needs besides the role defaults (each role asserts these are set).
 REQUIRED = {
     "app_database_url": "postgresql://course_supporter:app-password-0000@127.0.0.1:5432/course_supporter",
@@ -34,7 +37,7 @@ PATHS = {"app_source_dir": str(ROOT), "nginx_site_template": str(TEMPLATES["cour
 
 def start(*ansible_args: str, tags: str = "render") -> subprocess.Popen:
     """Start rendering every template; ``finish`` waits for the result."""
-    render = {"render_templates": [{"name": n, "src": str(p)} for n, p in TEMPLATES.items()], **PATHS}
+    render = {"render_templates": [*({"name": n, "src": str(p)} for n, p in TEMPLATES.items()), VALUES], **PATHS}
     command = [str(Path(sys.executable).parent / "ansible-playbook"), str(PLAYBOOK), "--tags", tags,
                *ansible_args, "-e", json.dumps(render)]
     env = {**os.environ, "ANSIBLE_STDOUT_CALLBACK": "json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",

@@ -10,6 +10,7 @@ from tests.support.paths import REPO_ROOT
 
 PRODUCTION = Path(REPO_ROOT) / "inventory" / "production.example"
 CLUSTER = Path(__file__).parent / "cluster.yml"
+MANAGED = Path(__file__).parent / "managed.yml"
 
 SCENARIOS = {
     # The role defaults, and what a site must set.
@@ -21,6 +22,11 @@ SCENARIOS = {
     "operator_choices": ("-i", "localhost,", *templates.extra_vars(
         {**templates.REQUIRED, "app_max_upload_bytes": 2 * 2**30 + 1, "app_extra_env": {"UPLOADS_PER_WORKER": "16"},
          "nginx_metrics_password": "scraper-password-0000"})),
+    # One server running nginx and the app, its database a managed PostgreSQL
+    # (tests/templates/managed.yml), with the app role's variable checks.
+    "managed": ("-i", str(MANAGED), "--tags", "variables", *templates.extra_vars(
+        {**{k: v for k, v in templates.REQUIRED.items() if k != "app_database_url"},
+         "render_host": "solo", "render_topology": "course_supporter"})),
 }
 # A web host in front of two app hosts, and a database host (tests/templates/cluster.yml):
 # every host rendered, as scenario "cluster_<host>".

@@ -4,6 +4,7 @@ seconds, not only in the VPS suite."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -204,3 +205,32 @@ def test_netdata_watches_what_each_host_runs_and_backups_run_on_one_app_host(ren
     drill = rendered["cluster_app1"]["course-supporter-restore-drill.service"]
     assert "--create" in drill and "runuser -u postgres" not in drill
     assert "--create" not in rendered["defaults"]["course-supporter-restore-drill.service"]
+
+
+def test_without_a_db_host_the_app_verifies_the_managed_database_with_the_providers_ca(rendered):
+    """No db host (tests/templates/managed.yml): the app's URL is the operator's, untouched; the
+    provider's CA is what the app host writes for its sslrootcert; nothing admits PostgreSQL, and
+    the restore drill makes its scratch database with the app's login (no local superuser)."""
+    solo = rendered["managed"]
+    values = json.loads(solo["values.json"])
+    assert values["course_supporter_database_address"] == ""
+    assert values["app_database_ca_certificate"].startswith("-----BEGIN CERTIFICATE-----\n")
+    assert values["app_database_ca_file"] == "/etc/course-supporter/postgresql-ca.pem"
+    assert values["app_takes_backups"] is True
+    assert ('DATABASE_URL="postgresql://course_supporter:app-password-0000@db.provider.example:25060/'
+            'course_supporter?sslmode=verify-full&sslrootcert=/etc/course-supporter/postgresql-ca.pem"') in solo["app.env"]
+    assert "ListenStream=127.0.0.1:8000" in solo["course-supporter.socket"]
+    assert _admitted(solo["base.nftables.conf"]) == {}
+    drill = solo["course-supporter-restore-drill.service"]
+    assert "--create" in drill and "runuser -u postgres" not in drill
+
+
+def test_a_db_host_in_the_inventory_gives_the_app_hosts_its_ca_and_keeps_its_own_loopback(rendered):
+    """With a db host, the app hosts take its CA (made by the postgresql role) and the db host
+    itself needs none; the single VPS reaches its database over loopback, without a CA."""
+    for host in ("app1", "app2"):
+        assert json.loads(rendered[f"cluster_{host}"]["values.json"])["course_supporter_database_address"] == "10.78.0.13"
+    assert json.loads(rendered["cluster_db1"]["values.json"])["course_supporter_database_address"] == "127.0.0.1"
+    single = json.loads(rendered["defaults"]["values.json"])
+    assert single["course_supporter_database_address"] == "127.0.0.1"
+    assert single["app_database_ca_certificate"] == "" and single["app_takes_backups"] is True
