@@ -69,7 +69,7 @@ $(NPM_TOOLS)/node_modules/.installed: $(NPM_TOOLS)/package.json $(NPM_TOOLS)/pac
 	@touch $@
 
 test: deps
-	$(VENV_PY) -m pytest
+	$(VENV_PY) -m pytest --durations=25
 
 # The read-only checks of a deployment (tests/appliance/checks/): over SSH as the inventory
 # connects, and over HTTPS from here. ARGS passes options to Ansible, e.g. --ask-vault-pass.

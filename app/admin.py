@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import datetime
 import os
+import re
 import sys
 import uuid
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Sequence
 
 import asyncpg
@@ -21,7 +23,8 @@ from cryptography.fernet import Fernet
 from . import backup, tenants
 from .config import (MAX_RATE_LIMIT_PER_MIN, ConfigError, DatabaseSettings, Settings, encryption_keys_from_env,
                      whole_number)
-from .llm import byok
+from .keycache import change_in_force
+from .llm import accounting, budgets, byok
 from .llm.byok import EncryptionUnavailable, KeyBox
 from .jsonutil import dumps
 from .migrate import apply_migrations
@@ -62,6 +65,34 @@ def _whole_number(minimum: int, maximum: int) -> Callable[[str], int]:
 
 
 MAX_KEEP_DAYS = 36_500
+
+
+MAX_OVERLAP = datetime.timedelta(days=90)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> datetime.timedelta:
+    """``30m``, ``24h``, ``7d``, ``0s``: at most 90 days."""
+    match = re.fullmatch(r"(\d{1,9})([smhd])", value.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration such as 30m, 24h or 7d: {value!r}")
+    duration = datetime.timedelta(seconds=int(match[1]) * _DURATION_UNITS[match[2]])
+    if duration > MAX_OVERLAP:
+        raise argparse.ArgumentTypeError(f"at most {MAX_OVERLAP.days}d: {value!r}")
+    return duration
+
+
+MAX_BUDGET_USD = Decimal("999999999999.99")  # numeric(14, 2)
+
+
+def _usd(value: str) -> Decimal:
+    try:
+        amount = Decimal(value.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount of USD: {value!r}") from None
+    if not amount.is_finite() or not 0 <= amount <= MAX_BUDGET_USD or amount != amount.quantize(Decimal("0.01")):
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_BUDGET_USD} USD in whole cents: {value!r}")
+    return amount.quantize(Decimal("0.01"))
 
 
 def _future_timestamp(value: str) -> datetime.datetime:
@@ -167,6 +198,22 @@ def _undo_key_issue(result, settings: DatabaseSettings) -> str:
     return f"the new key could not be shown (the output was closed), so it was revoked: {result['prefix']}"
 
 
+def cmd_key_rotate(args, settings):
+    async def rotate(conn):
+        try:
+            return await tenants.rotate_key(conn, args.key_id, args.overlap)
+        except tenants.KeyNotRotatable as exc:
+            raise CommandError(str(exc)) from None
+
+    return asyncio.run(_with_connection(settings, rotate))
+
+
+def _undo_key_rotate(result, settings: DatabaseSettings) -> str:
+    asyncio.run(_with_connection(settings, lambda c: tenants.undo_rotation(c, result)))
+    return (f"the new key could not be shown (the output was closed), so it was revoked: {result['prefix']}; "
+            f"the old key keeps its expiry")
+
+
 def _undo_new_encryption_key(result, settings) -> str:
     return "the new key could not be shown (the output was closed); nothing was stored"
 
@@ -193,6 +240,51 @@ def cmd_encryption_rotate(args, settings):
             raise CommandError(exc.message) from None
 
     return asyncio.run(_with_connection(settings, rotate))
+
+
+_UNKNOWN = {"tenant": (tenants.UnknownTenant, "no tenant with id {}"), "key": (tenants.UnknownKey, "no API key with id {}")}
+
+
+def cmd_budget(kind: str, action: str) -> Callable:
+    """`tenant budget set|show|clear` and `key budget set|show|clear`: the budget and this
+    month's spend; a change returns once every worker acts on it."""
+    def command(args, settings):
+        async def work(conn):
+            ident = args.id
+            if action != "show":
+                if not await budgets.set_budget(conn, kind, ident, args.usd if action == "set" else None):
+                    error, message = _UNKNOWN[kind]
+                    raise error(message.format(ident))
+                await change_in_force()
+            found = await budgets.statement(conn, kind, ident)
+            if found is None:
+                error, message = _UNKNOWN[kind]
+                raise error(message.format(ident))
+            return {f"{kind}_id": ident, **found}
+        return asyncio.run(_with_connection(settings, work))
+    command.__name__ = f"cmd_{kind}_budget_{action}"
+    return command
+
+
+MAX_USAGE_DAYS = 366
+
+
+def _day(value: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def cmd_usage(args, settings):
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    last = args.date_to or today
+    first = args.date_from or min(today.replace(day=1), last)
+    if first > last:
+        raise CommandError(f"--from {first} is after --to {last}")
+    if (last - first).days >= MAX_USAGE_DAYS:
+        raise CommandError(f"at most {MAX_USAGE_DAYS} days at a time")
+    return asyncio.run(_with_connection(settings, lambda c: accounting.usage_report(c, first, last)))
 
 
 def _backup_call(failure: str, work: Callable, *args, **kwargs):
@@ -296,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = tenant.add_parser(action, parents=[json_flag], help=f"{action} a tenant")
         sub.add_argument("id", type=_uuid)
         sub.set_defaults(func=func)
+    _budget_parsers(tenant, "tenant", json_flag)
 
     key = commands.add_parser("key", parents=[json_flag], help="manage API keys") \
         .add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -317,6 +410,20 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key.add_parser("revoke", parents=[json_flag], help="revoke a key")
     revoke.add_argument("key_id", type=_uuid)
     revoke.set_defaults(func=cmd_key_revoke)
+    rotate = key.add_parser("rotate", parents=[json_flag],
+                            help="issue a key like this one (shown once); this one expires after the overlap")
+    rotate.add_argument("key_id", type=_uuid)
+    rotate.add_argument("--overlap", type=_duration, default=datetime.timedelta(hours=24),
+                        help="how long both keys work, e.g. 30m, 24h (the default), 7d; at most 90d")
+    rotate.set_defaults(func=cmd_key_rotate)
+    _budget_parsers(key, "key", json_flag)
+
+    usage = commands.add_parser("usage", parents=[json_flag],
+                                help="LLM calls, tokens and cost per tenant, with each one's budget and its share used")
+    usage.add_argument("--from", dest="date_from", type=_day,
+                       help="first UTC day (YYYY-MM-DD), included; default: the first of this month")
+    usage.add_argument("--to", dest="date_to", type=_day, help="last UTC day, included; default: today")
+    usage.set_defaults(func=cmd_usage)
 
     encryption = commands.add_parser("encryption", parents=[json_flag],
                                      help="APP_ENCRYPTION_KEY: tenants' provider keys at rest") \
@@ -359,9 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _budget_parsers(commands, kind: str, json_flag) -> None:
+    whose = "a tenant's" if kind == "tenant" else "an API key's"
+    actions = commands.add_parser("budget", parents=[json_flag], help=f"{whose} monthly LLM budget (USD, UTC months)") \
+        .add_subparsers(dest="budget_action", required=True, metavar="ACTION")
+    for action, text in (("set", "set it (calls whose worst case does not fit are refused: 402)"),
+                         ("show", "show it and this month's spend"), ("clear", "remove it (no limit)")):
+        sub = actions.add_parser(action, parents=[json_flag], help=text)
+        sub.add_argument("id", type=_uuid, metavar=f"{kind.upper()}_ID")
+        if action == "set":
+            sub.add_argument("--usd", type=_usd, required=True, help="the monthly limit in USD, e.g. 25.00")
+        sub.set_defaults(func=cmd_budget(kind, action))
+
+
 # Commands whose output is the only copy of a secret: if it cannot be written, this
 # undoes what can be undone and says what happened (exit 1).
-UNSEEN_SECRET = {cmd_key_issue: _undo_key_issue, cmd_encryption_new_key: _undo_new_encryption_key}
+UNSEEN_SECRET = {cmd_key_issue: _undo_key_issue, cmd_key_rotate: _undo_key_rotate,
+                 cmd_encryption_new_key: _undo_new_encryption_key}
 
 
 def _tell(message: str) -> None:

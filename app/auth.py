@@ -45,6 +45,7 @@ class Caller(NamedTuple):  # a tuple: built for every request, cheaper than a fr
     key_prefix: str
     scope: str
     tenant_llm: dict | None = None  # the tenant's own LLM provider (BYOK), as stored
+    budgeted: bool = False  # an LLM budget is over its calls: they reserve their worst case first
 
 
 caller_key: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
@@ -161,13 +162,15 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
         raise Forbidden(f"This endpoint needs an API key with the {' or '.join(scopes)} scope.",
                         code="insufficient_scope")
 
-    request[caller_key] = Caller(record.tenant_id, record.key_id, record.key_prefix, scope, record.tenant_llm)
+    request[caller_key] = Caller(record.tenant_id, record.key_id, record.key_prefix, scope, record.tenant_llm,
+                                 record.budgeted)
     log.tenant_id_var.set(record.tenant_label)
     log.key_prefix_var.set(record.key_prefix)
     limit = record.limits[scope]
-    admission = auth.limiter.take(record.key_id, scope, limit)  # from the slice in hand: no await
+    # Counted under the key's counter: its own, or its line's after a rotation (one limit for both).
+    admission = auth.limiter.take(record.counter_id, scope, limit)  # from the slice in hand: no await
     if admission is None:
-        admission = await auth.limiter.admit(lambda: acquire(request), record.key_id, scope, limit)
+        admission = await auth.limiter.admit(lambda: acquire(request), record.counter_id, scope, limit)
     metrics.observe_auth(time.perf_counter() - started)
     auth.used[record.key_id] = now
     request[ratelimit_headers_key] = admission.headers()

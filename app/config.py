@@ -255,9 +255,10 @@ def _encryption_keys(value: str) -> tuple[str, ...]:
 
 
 @accepts('the path of a JSON file `{"<model>": {"input_per_1m": USD, "output_per_1m": USD}}`, '
-         "prices finite and not negative")
-def _price_file(value: str) -> dict[str, tuple[float, float]]:
-    """LLM_PRICES: {"<model>": {"input_per_1m": USD, "output_per_1m": USD}}."""
+         "prices finite and not negative; an entry may add `\"max_output_tokens\": N`, the most the model writes "
+         "in one reply (what a budget reserves for a call without `max_tokens`)")
+def _price_file(value: str) -> dict[str, tuple[float, float, int | None]]:
+    """LLM_PRICES: {"<model>": {"input_per_1m": USD, "output_per_1m": USD, "max_output_tokens"?: N}}."""
     try:
         with open(value, encoding="utf-8") as f:
             data = json.load(f)
@@ -275,6 +276,10 @@ def _price_file(value: str) -> dict[str, tuple[float, float]]:
             raise ValueError(f"entry {model!r} needs numeric input_per_1m and output_per_1m") from None
         if not all(math.isfinite(price) and price >= 0 for price in prices[model]):
             raise ValueError(f"entry {model!r} needs prices that are finite and not negative")
+        cap = entry.get("max_output_tokens")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 10_000_000):
+            raise ValueError(f"entry {model!r}: max_output_tokens must be a whole number from 1 to 10000000")
+        prices[model] = (*prices[model], cap)
     return prices
 
 
@@ -460,11 +465,15 @@ class Settings(DatabaseSettings):
     llm_fallback_model: str | None = setting(
         "LLM_FALLBACK_MODEL", _text, "The model asked of the fallback provider.", group=_LLM,
         shown_default="the model of the call")
-    llm_prices: dict[str, tuple[float, float]] = setting(
+    llm_prices: dict[str, tuple[float, float, int | None]] = setting(
         "LLM_PRICES", _price_file, "Prices that extend or override the built-in table of OpenAI models (USD per "
         "million tokens); an unpriced model costs 0 and is logged once. On the appliance the file must be on the "
         "server, readable by the app's user.", group=_LLM, default={},
         shown_default="the built-in table")
+    llm_reservation_ttl_s: float = setting(
+        "LLM_RESERVATION_TTL_S", positive_seconds(3600), "How long a budget reservation (a running call's worst "
+        "case) outlives the worker that took it: a worker extends its calls' reservations every third of this, "
+        "so a worker that died mid-call gives its budget back this much later.", group=_LLM, default=60.0)
     app_encryption_keys: tuple[str, ...] = setting(
         "APP_ENCRYPTION_KEY", _encryption_keys, "Encrypts tenants' own provider keys (BYOK) at rest. Make one with "
         "`course-supporter-admin encryption new-key`; rotation: docs/operations.md.", group=_LLM, default=(),

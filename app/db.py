@@ -81,6 +81,11 @@ def acquire(request: web.Request):
     return _Acquire(request.app[db_pool_key])
 
 
+def pooled(pool: asyncpg.Pool):
+    """As ``acquire``, from the pool given (for code that holds the pool, not the request)."""
+    return _Acquire(pool)
+
+
 class _Acquire:
     """Also turns the database going away under a statement (a restart terminating the
     session) into the 503; the statement's transaction is gone with it, nothing half-done."""

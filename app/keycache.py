@@ -2,9 +2,9 @@
 
 A worker looks a key up in PostgreSQL once (``LOOKUP_SQL``: the key, its tenant's
 state and the tenant's own LLM provider) and then answers from memory. Every change
-that could alter an entry -- a key issued, revoked, its expiry, scopes or limits
-changed, a tenant deactivated or activated, its LLM settings -- fires a trigger
-(migration 0008) that sends a NOTIFY in the changing transaction; each worker's
+that could alter an entry -- a key issued, revoked, its expiry, scopes, limits or
+budget changed, a tenant deactivated or activated, its budget or LLM settings --
+fires a trigger (migrations 0008, 0009) that sends a NOTIFY in the changing transaction; each worker's
 listener drops the entries named (``KeyCache.notified``).
 
 Why a cached answer is never older than ``TRUST_S``:
@@ -57,7 +57,9 @@ LOOKUP_SQL = """
 WITH key AS (
     SELECT k.id, k.tenant_id, k.key_prefix, k.key_hash, k.scopes, k.expires_at,
            k.is_active AND t.is_active AS active, k.rate_limit_prep, k.rate_limit_check,
-           s.base_url AS llm_base_url, s.model AS llm_model, s.api_key_encrypted AS llm_api_key_encrypted
+           s.base_url AS llm_base_url, s.model AS llm_model, s.api_key_encrypted AS llm_api_key_encrypted,
+           k.monthly_budget_usd IS NOT NULL OR t.monthly_budget_usd IS NOT NULL AS budgeted,
+           COALESCE(k.counts_as, k.id) AS counter_id
     FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
          LEFT JOIN tenant_llm_settings s ON s.tenant_id = k.tenant_id
     WHERE k.key_hash = $1
@@ -82,10 +84,16 @@ class KeyRecord:
     expires_at: float | None  # epoch seconds
     limits: dict[str, int]
     tenant_llm: dict | None  # the tenant's own LLM provider (BYOK), as stored
+    budgeted: bool = False  # an LLM budget is over the key's calls (its own or its tenant's)
+    # The key whose rate-limit counters this one counts in: itself, or after a rotation the
+    # first key of its line (the keys of an overlap share one limit).
+    counter_id: uuid.UUID | None = None
     tenant_label: str = field(init=False)  # str(tenant_id), for the log context
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tenant_label", str(self.tenant_id))
+        if self.counter_id is None:
+            object.__setattr__(self, "counter_id", self.key_id)
 
     @classmethod
     def from_row(cls, row) -> "KeyRecord":
@@ -94,7 +102,8 @@ class KeyRecord:
         expires = row["expires_at"]
         return cls(row["id"], row["tenant_id"], row["key_prefix"], bytes(row["key_hash"]), frozenset(row["scopes"]),
                    row["active"], expires.timestamp() if expires is not None else None,
-                   {"prep": row["rate_limit_prep"], "check": row["rate_limit_check"]}, tenant_llm)
+                   {"prep": row["rate_limit_prep"], "check": row["rate_limit_check"]}, tenant_llm, row["budgeted"],
+                   row["counter_id"])
 
     def usable(self, now: float) -> bool:
         return self.active and (self.expires_at is None or self.expires_at > now)
@@ -180,7 +189,7 @@ class KeyCache:
             record = self._known.pop(key_hash, None)
             if record is not None:
                 for callback in self.forgotten_keys:
-                    callback(record.key_id)
+                    callback(record.counter_id)
 
     # -- trust --------------------------------------------------------------------
     def heartbeat(self, sent_at: float) -> None:

@@ -11,7 +11,7 @@ from .auth import auth_ctx, auth_middleware
 from .config import Settings
 from .db import pool_ctx
 from .keys import draining_key, settings_key
-from .llm import llm_ctx
+from .llm import budget_header, llm_ctx
 from .log import setup_logging
 from .middlewares import add_response_headers, cors_middleware, request_middleware, validation_middleware
 from .release import RELEASE
@@ -54,6 +54,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.insert(0, start_draining)
     app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)
+    app.on_response_prepare.append(budget_header)
     setup_routes(app)
     setup_openapi(app)
     return app

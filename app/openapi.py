@@ -55,7 +55,8 @@ NOT_FOUND = {404: ("not_found",)}
 STORAGE = {503: ("storage_unavailable",)}
 UPLOAD = {400: ("bad_request", "malformed_body", "upload_incomplete"), 413: ("payload_too_large",),
           415: ("unsupported_media_type",), 422: ("validation_failed",), 503: ("uploads_busy", "storage_unavailable")}
-LLM = {502: ("llm_provider_error", "llm_bad_output"), 503: ("llm_not_configured", "encryption_unavailable"),
+LLM = {402: ("budget_exceeded",), 502: ("llm_provider_error", "llm_bad_output"),
+       503: ("llm_not_configured", "encryption_unavailable"),
        504: ("llm_timeout",)}
 
 ERROR_MEANINGS = {
@@ -72,6 +73,8 @@ ERROR_MEANINGS = {
                               "other than identity, gzip or deflate",
     "validation_failed": "the input breaks a rule; details name the fields",
     "rate_limited": "the key's per-minute limit for the scope; wait Retry-After seconds",
+    "budget_exceeded": "the call's worst case does not fit what is left of the tenant's or the key's monthly LLM "
+                       "budget (`details`: `budget`, `remaining_usd`, `needed_usd`); no provider was called",
     "llm_provider_error": "the LLM provider failed, after retries and the fallback provider",
     "llm_bad_output": "the LLM's reply was unusable twice",
     "llm_timeout": "the LLM provider did not answer in time, after retries and the fallback provider",
@@ -81,7 +84,7 @@ ERROR_MEANINGS = {
     "llm_not_configured": "the server has no LLM provider and the tenant has none of its own",
     "encryption_unavailable": "the server cannot store provider keys, or cannot decrypt the tenant's stored one",
 }
-_STATUS_TEXT = {400: "Malformed request", 401: "No usable API key", 403: "The key lacks the scope",
+_STATUS_TEXT = {400: "Malformed request", 401: "No usable API key", 402: "Over the LLM budget", 403: "The key lacks the scope",
                 404: "Not found", 413: "Too large", 415: "Unsupported media type", 422: "Validation failed",
                 429: "Rate limit exceeded", 502: "LLM provider error", 503: "A dependency is unavailable",
                 504: "LLM provider timeout"}
@@ -205,6 +208,10 @@ _HEADERS = {
                               "schema": {"type": "integer", "minimum": 0}},
     "X-RateLimit-Reset": {"description": "Seconds until the window frees a request (0 with no usable key).",
                           "schema": {"type": "integer", "minimum": 0}},
+    "X-Budget-Remaining-USD": {"description": "On LLM operations when a monthly budget is over the caller's calls: "
+                                              "USD left of the tightest one (the tenant's or the key's) when this "
+                                              "call was admitted, its worst case set aside.",
+                               "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}},
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
     "Location": {"description": "Where the new resource is.", "schema": {"type": "string"}},
 }
@@ -215,8 +222,9 @@ def _headers(names) -> dict:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
 
-def _error_response(status: int, codes: tuple[str, ...], keyed: bool) -> dict:
-    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()), *(("Retry-After",) if status in (429, 503) else ())]
+def _error_response(status: int, codes: tuple[str, ...], keyed: bool, extra: tuple[str, ...] = ()) -> dict:
+    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()), *(("Retry-After",) if status in (429, 503) else ()),
+             *(extra if status == 402 else ())]
     examples = {code: {"summary": ERROR_MEANINGS[code],
                        "value": {"error": {"code": code, "message": ERROR_MEANINGS[code].capitalize() + ".",
                                            "request_id": "9f1c6e0c2b7a4d8e9a0b1c2d3e4f5a6b"}}}
@@ -226,8 +234,8 @@ def _error_response(status: int, codes: tuple[str, ...], keyed: bool) -> dict:
             "content": {"application/json": {"schema": ErrorSchema, "examples": examples}}}
 
 
-def _success_response(response: Response, keyed: bool) -> dict:
-    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()), *(("Location",) if response.location else ())]
+def _success_response(response: Response, keyed: bool, extra: tuple[str, ...] = ()) -> dict:
+    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()), *(("Location",) if response.location else ()), *extra]
     described: dict[str, Any] = {"description": response.description, "headers": _headers(names)}
     content = {"application/json": {"schema": response.schema}} if response.schema is not None else {}
     content.update(response.content or {})
@@ -238,6 +246,7 @@ def _success_response(response: Response, keyed: bool) -> dict:
 
 def _operation_object(declared: Operation) -> dict:
     keyed = declared.scopes is not None
+    budgeted = ("X-Budget-Remaining-USD",) if "budget_exceeded" in declared.errors.get(402, ()) else ()
     scopes = f"\n\nScope: {' or '.join(declared.scopes)}." if keyed else ""
     described: dict[str, Any] = {
         "operationId": declared.operation_id,
@@ -246,8 +255,9 @@ def _operation_object(declared: Operation) -> dict:
         "tags": list(declared.tags),
         "security": [{SECURITY_SCHEME: []}] if keyed else [],
         "responses": {
-            **{str(status): _success_response(response, keyed) for status, response in declared.responses.items()},
-            **{str(status): _error_response(status, codes, keyed) for status, codes in declared.errors.items()},
+            **{str(status): _success_response(response, keyed, budgeted)
+               for status, response in declared.responses.items()},
+            **{str(status): _error_response(status, codes, keyed, budgeted) for status, codes in declared.errors.items()},
         },
     }
     parameters = []

@@ -34,6 +34,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post(COURSE + "/check-homework", homework.check_homework)
     app.router.add_get("/api/v1/students/{student_id}/progress", homework.student_progress)
     app.router.add_get("/api/v1/reports/cost", reports.cost_report)
+    app.router.add_get("/api/v1/usage", reports.usage)
     app.router.add_post("/api/v1/gpt", gpt.gpt)
     app.router.add_post("/api/v1/gpt/presentation", gpt.presentation)
     app.router.add_post("/api/v1/gpt/improve", gpt.improve)

@@ -399,6 +399,27 @@ class CostReportSchema(Schema):
     groups = fields.List(fields.Nested(CostGroupSchema), required=True)
 
 
+class BudgetFiguresSchema(Schema):
+    budget_usd = fields.Float(required=True, allow_none=True,
+                              metadata={"description": "the monthly limit; null: none"})
+    spent_usd = fields.Float(required=True, metadata={"description": "what this month's settled calls cost"})
+    reserved_usd = fields.Float(required=True, metadata={"description": "the worst case of calls still running"})
+    remaining_usd = fields.Float(required=True, allow_none=True,
+                                 metadata={"description": "budget - spent - reserved, at least 0; null: no budget"})
+    calls = fields.Integer(required=True, metadata={"description": "provider calls this month"})
+
+
+class KeyBudgetSchema(BudgetFiguresSchema):
+    key_prefix = fields.String(required=True)
+
+
+class MonthlyUsageSchema(BudgetFiguresSchema):
+    period_start = fields.String(required=True, metadata={"description": "the month's first moment (UTC), included"})
+    period_end = fields.String(required=True, metadata={"description": "the next month's first moment, excluded"})
+    key = fields.Nested(KeyBudgetSchema, metadata={
+        "description": "the asking key's own budget and spend; only when the key has a budget"})
+
+
 def _host_and_port(url: str) -> None:
     """What the URL validator lets through but a connection cannot use (a port beyond
     1-65535, a bracketed host that is no IPv6 address): the configuration's own check."""

@@ -47,7 +47,7 @@ def looks_like_key(key: str) -> bool:
 
 _TENANT_COLUMNS = "id, name, is_active, created_at"
 _KEY_COLUMNS = ("id, key_prefix AS prefix, tenant_id, label, scopes, rate_limit_prep, rate_limit_check, "
-                "expires_at, created_at, is_active, last_used_at")
+                "expires_at, created_at, is_active, last_used_at, rotated_from")
 
 
 async def create_tenant(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
@@ -118,3 +118,47 @@ async def revoke_key(conn: asyncpg.Connection, key_id: uuid.UUID) -> dict[str, A
         raise UnknownKey(f"no API key with id {key_id}")
     await change_in_force()
     return dict(row)
+
+
+class KeyNotRotatable(ValueError):
+    pass
+
+
+async def rotate_key(conn: asyncpg.Connection, key_id: uuid.UUID, overlap: datetime.timedelta) -> dict[str, Any]:
+    """A new key like ``key_id`` (tenant, environment, label, scopes, limits, LLM budget,
+    expiry), counting in the same rate-limit counters and key budget; the old key expires
+    at the end of ``overlap`` (or at its own expiry, if sooner). The returned dict holds the
+    new key under ``"key"`` (shown once), and the old key's id and new and former expiry.
+    Returns once every worker acts on the change."""
+    async with conn.transaction():
+        old = await conn.fetchrow(
+            """SELECT k.*, k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired, t.is_active AS tenant_active
+               FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1 FOR UPDATE OF k""", key_id)
+        if old is None:
+            raise UnknownKey(f"no API key with id {key_id}")
+        if not old["is_active"] or old["expired"]:
+            raise KeyNotRotatable(f"the key {old['key_prefix']} is {'revoked' if not old['is_active'] else 'expired'}: "
+                                  "issue a new one instead (`key issue`)")
+        key = generate_key(old["key_prefix"].split("_")[1])
+        row = await conn.fetchrow(
+            f"""INSERT INTO api_keys (tenant_id, key_hash, key_prefix, label, scopes, rate_limit_prep,
+                                      rate_limit_check, expires_at, monthly_budget_usd, counts_as, rotated_from)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_KEY_COLUMNS}""",
+            old["tenant_id"], hash_key(key), key[:PREFIX_LENGTH], old["label"], old["scopes"],
+            old["rate_limit_prep"], old["rate_limit_check"], old["expires_at"], old["monthly_budget_usd"],
+            old["counts_as"] or old["id"], old["id"])
+        old_expires_at = await conn.fetchval(
+            """UPDATE api_keys SET expires_at = least(coalesce(expires_at, 'infinity'), now() + $2)
+               WHERE id = $1 RETURNING expires_at""", key_id, overlap)
+    await change_in_force()
+    return {"key": key, **dict(row), "old_key_id": key_id, "old_key_expires_at": old_expires_at,
+            "old_key_previous_expires_at": old["expires_at"]}
+
+
+async def undo_rotation(conn: asyncpg.Connection, rotated: dict[str, Any]) -> None:
+    """Revoke the new key of ``rotate_key`` and give the old key back its former expiry."""
+    async with conn.transaction():
+        await conn.execute("UPDATE api_keys SET is_active = false WHERE id = $1", rotated["id"])
+        await conn.execute("UPDATE api_keys SET expires_at = $2 WHERE id = $1", rotated["old_key_id"],
+                           rotated["old_key_previous_expires_at"])
+    await change_in_force()

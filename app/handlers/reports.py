@@ -10,9 +10,9 @@ from ..auth import caller
 from ..db import acquire
 from ..errors import ValidationFailed
 from ..jsonutil import json_response
-from ..llm import accounting
+from ..llm import accounting, budgets
 from ..openapi import Response, operation, query_key
-from ..schemas import CostQuerySchema, CostReportSchema
+from ..schemas import CostQuerySchema, CostReportSchema, MonthlyUsageSchema
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
@@ -34,3 +34,21 @@ async def cost_report(request: web.Request) -> web.Response:
     async with acquire(request) as conn:
         report = await accounting.cost_report(conn, caller(request).tenant_id, first, last, query["group_by"])
     return json_response(report)
+
+
+@operation("get_usage", summary="The tenant's LLM budget and spend this month", tags=["reports"],
+           scopes=("prep", "check"),
+           description="This calendar month (UTC): the tenant's monthly budget (null: none), what its settled "
+                       "calls cost, what its running calls hold in reservation (their worst case), what remains "
+                       "(null without a budget) and how many provider calls were made. `key` says the same of "
+                       "the API key that asks, if it has a budget of its own.",
+           responses={200: Response("The month's budget and spend", MonthlyUsageSchema)})
+async def usage(request: web.Request) -> web.Response:
+    who = caller(request)
+    async with acquire(request) as conn:
+        tenant = await budgets.statement(conn, "tenant", who.tenant_id)
+        key = await budgets.statement(conn, "key", who.key_id)
+    body = dict(tenant)
+    if key is not None and key["budget_usd"] is not None:
+        body["key"] = {"key_prefix": who.key_prefix, **{k: key[k] for k in budgets.FIGURES}}
+    return json_response(body)

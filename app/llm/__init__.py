@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -11,11 +13,19 @@ from ..keys import db_pool_key, llm_key, settings_key
 from .gateway import CallContext, Gateway
 
 
+call_key: web.RequestKey[CallContext] = web.RequestKey("llm_calls", CallContext)
+
+
 async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One gateway (and connection pool) per worker, closed on shutdown."""
-    app[llm_key] = Gateway(app[settings_key], app[db_pool_key])
+    """One gateway (and connection pool) per worker, closed on shutdown; its budget
+    reservations tended meanwhile."""
+    gateway = app[llm_key] = Gateway(app[settings_key], app[db_pool_key])
+    tending = asyncio.create_task(gateway.budgets.run(), name="LLM budget reservations")
     yield
-    await app[llm_key].close()
+    tending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tending
+    await gateway.close()
 
 
 def call_context(request: web.Request, endpoint: str) -> CallContext:
@@ -23,4 +33,13 @@ def call_context(request: web.Request, endpoint: str) -> CallContext:
     (its own provider came with the authentication, in the same round trip)."""
     who = caller(request)
     gateway = request.app[llm_key]
-    return CallContext(gateway, who.tenant_id, who.key_id, endpoint, gateway.route(who.tenant_llm))
+    ctx = request[call_key] = CallContext(gateway, who.tenant_id, who.key_id, endpoint,
+                                          gateway.route(who.tenant_llm), who.budgeted)
+    return ctx
+
+
+async def budget_header(request: web.Request, response: web.StreamResponse) -> None:
+    """An LLM endpoint's answer says what is left of the budget over its calls."""
+    ctx = request.get(call_key)
+    if ctx is not None:
+        response.headers.update(ctx.reservation.header)

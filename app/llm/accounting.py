@@ -1,4 +1,6 @@
-"""Per-tenant accounting of LLM calls: one ``llm_calls`` row per provider call, and the cost report."""
+"""Per-tenant accounting of LLM calls: one ``llm_calls`` row per provider call, which
+also counts its cost in the month's spend and settles the call's budget reservation
+(``llm_settle``, in the row's own statement), and the cost report."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Coroutine
 
 import asyncpg
 
@@ -41,19 +43,23 @@ class LLMCall:
     error: str | None = None
 
 
-_INSERT = f"""INSERT INTO llm_calls ({', '.join(LLMCall.__dataclass_fields__)})
-              VALUES ({', '.join(f'${n}' for n in range(1, len(LLMCall.__dataclass_fields__) + 1))})"""
+_FIELDS = list(LLMCall.__dataclass_fields__)
+_INSERT = f"""WITH call AS (INSERT INTO llm_calls ({', '.join(_FIELDS)})
+                            VALUES ({', '.join(f'${n}' for n in range(1, len(_FIELDS) + 1))}))
+              SELECT llm_settle($1, $2, ${_FIELDS.index('cost_usd') + 1}, ${len(_FIELDS) + 1})"""
 
 
-async def record(pool: asyncpg.Pool, call: LLMCall) -> None:
-    """Store the call and log it. The tokens are spent either way: a database that
-    cannot take the row costs the row (logged in full), not the caller's answer."""
+async def record(pool: asyncpg.Pool, call: LLMCall, reservation: uuid.UUID | None = None) -> None:
+    """Store the call, count its cost in the month's spend, release the budget reservation
+    it settles (if any), and log it. The tokens are spent either way: a database that
+    cannot take the row costs the row (logged in full), not the caller's answer; the
+    reservation then expires by itself."""
     fields = asdict(call)
     log.info("llm call %s %s via %s: %s", call.endpoint, call.model, call.provider, call.outcome,
              extra={"llm": {k: str(v) if isinstance(v, (uuid.UUID, Decimal)) else v for k, v in fields.items()}})
     try:
         async with pool.acquire(timeout=RECORD_TIMEOUT_S) as conn:
-            await conn.execute(_INSERT, *fields.values(), timeout=RECORD_TIMEOUT_S)
+            await conn.execute(_INSERT, *fields.values(), reservation, timeout=RECORD_TIMEOUT_S)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         log.exception("could not record an LLM call in llm_calls (the log line above has its figures)")
 
@@ -66,8 +72,12 @@ class Recorder:
         self._pool = pool
         self._pending: set[asyncio.Task] = set()
 
-    def submit(self, call: LLMCall) -> None:
-        task = asyncio.get_running_loop().create_task(record(self._pool, call))
+    def submit(self, call: LLMCall, reservation: uuid.UUID | None = None) -> None:
+        self.later(record(self._pool, call, reservation))
+
+    def later(self, work: Coroutine) -> None:
+        """Run ``work`` off the request path; shutdown waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -99,6 +109,38 @@ async def cost_report(conn: asyncpg.Connection, tenant_id: uuid.UUID, first: dat
              "output_tokens": sum(g["output_tokens"] for g in groups),
              "cost_usd": _usd(sum((r["cost_usd"] for r in rows), Decimal(0)))}
     return {"from": first.isoformat(), "to": last.isoformat(), "group_by": group_by, "total": total, "groups": groups}
+
+
+USAGE_SQL = """
+SELECT t.id AS tenant_id, t.name, c.calls, c.input_tokens, c.output_tokens, c.cost_usd,
+       t.monthly_budget_usd AS budget_usd, COALESCE(s.spent_usd, 0) AS month_spent_usd
+FROM tenants t
+LEFT JOIN (SELECT tenant_id, count(*) AS calls, sum(input_tokens) AS input_tokens,
+                  sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+           FROM llm_calls WHERE created_at >= $1 AND created_at < $2 GROUP BY tenant_id) c ON c.tenant_id = t.id
+LEFT JOIN tenant_spend s ON s.tenant_id = t.id AND s.period_start = llm_period_start()
+WHERE c.calls IS NOT NULL OR t.monthly_budget_usd IS NOT NULL
+ORDER BY c.cost_usd DESC NULLS LAST, t.name, t.id
+"""
+
+
+async def usage_report(conn: asyncpg.Connection, first: datetime.date, last: datetime.date) -> list[dict[str, Any]]:
+    """Every tenant with LLM calls from ``first`` to ``last`` (UTC days, inclusive) or with a
+    budget: its calls, tokens and cost in those days, dearest first; its monthly budget and
+    the share of it this month's spend has used (null without a budget)."""
+    rows = await conn.fetch(USAGE_SQL, _utc_midnight(first), _utc_midnight(last + datetime.timedelta(days=1)))
+    report = []
+    for r in rows:
+        budget = r["budget_usd"]
+        report.append({
+            "tenant_id": r["tenant_id"], "name": r["name"], "calls": r["calls"] or 0,
+            "input_tokens": r["input_tokens"] or 0, "output_tokens": r["output_tokens"] or 0,
+            "cost_usd": _usd(r["cost_usd"]), "budget_usd": None if budget is None else float(budget),
+            "month_spent_usd": _usd(r["month_spent_usd"]),
+            "budget_share_used": None if budget is None else (
+                float(r["month_spent_usd"] / budget) if budget > 0 else (1.0 if r["month_spent_usd"] > 0 else 0.0)),
+        })
+    return report
 
 
 def _utc_midnight(day: datetime.date) -> datetime.datetime:

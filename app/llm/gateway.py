@@ -15,10 +15,14 @@
 * Every provider call, failed or not, is recorded in ``llm_calls`` (tokens, cost,
   latency, attempts, outcome; never the prompt or the answer), written in the
   background so that the answer does not wait for it; shutdown waits for them.
+* A call with a budget over it reserves its worst case first (``budgets``): 402
+  ``budget_exceeded`` before any provider is asked when it does not fit; its row
+  settles the reservation, and a call that ends without one gives it back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -38,7 +42,8 @@ from .. import metrics
 from ..config import Settings
 from ..errors import ApiError, ServiceUnavailable
 from ..jsonutil import carriable, loads
-from . import accounting, byok
+from . import accounting, budgets, byok
+from .budgets import NOTHING, Budgets, Reservation
 from .byok import KeyBox
 from .prices import PriceTable
 
@@ -221,6 +226,7 @@ class Gateway:
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.recorder = accounting.Recorder(pool)
+        self.budgets = Budgets(pool, settings.llm_reservation_ttl_s, later=self.recorder.later)
         self.prices = PriceTable(settings.llm_prices)
         self.keybox = KeyBox(settings.app_encryption_keys)
         timeout = httpx2.Timeout(settings.llm_timeout_s, connect=min(settings.llm_timeout_s, 10.0))
@@ -306,10 +312,25 @@ class CallContext:
     key_id: uuid.UUID | None
     endpoint: str
     route: list[Provider]
+    budgeted: bool = False  # a budget is over the caller's calls: each reserves its worst case first
+    reservation: Reservation = NOTHING  # the last call's (its remaining budget goes into the response)
+
+    async def reserve(self, messages: Sequence[dict], model: str | None, max_tokens: int | None) -> Reservation:
+        """The worst case of one call along the route, taken from the budgets over it
+        (``BudgetExceeded`` if it does not fit); nothing without a budget."""
+        if not self.budgeted:
+            return NOTHING
+        prices = self.gateway.prices
+        prompt = budgets.prompt_tokens_bound(messages)
+        worst = max(prices.cost(name, prompt, max_tokens or prices.max_output(name))
+                    for name in {provider.model_for(model) for provider in self.route})
+        self.reservation = await self.gateway.budgets.reserve(self.tenant_id, self.key_id, worst)
+        return self.reservation
 
     def record(self, provider: Provider, model: str, usage: Usage, started: float, attempts: int,
-               outcome: str, error: str | None = None) -> Decimal:
-        """Account for one provider call (written in the background) and return its cost."""
+               outcome: str, error: str | None = None, reservation: Reservation = NOTHING) -> Decimal:
+        """Account for one provider call (written in the background, settling ``reservation``)
+        and return its cost."""
         cost = self.gateway.prices.cost(model, usage.input_tokens, usage.output_tokens)
         seconds = time.monotonic() - started
         call = accounting.LLMCall(
@@ -317,14 +338,18 @@ class CallContext:
             model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             usage_estimated=usage.estimated, cost_usd=cost, latency_ms=round(seconds * 1000),
             attempts=attempts, outcome=outcome, error=error)
-        self.gateway.recorder.submit(call)
+        self.gateway.recorder.submit(call, reservation.id)
+        self.gateway.budgets.done(reservation)
         metrics.observe_llm_call(provider.kind, self.gateway.model_label(model), outcome, attempts,
                                  usage.input_tokens, usage.output_tokens, float(cost), seconds)
         return cost
 
-    async def _send(self, model: str | None, **options) -> tuple[Provider, str, Any, float, int]:
+    async def _send(self, model: str | None, reservation: Reservation,
+                    **options) -> tuple[Provider, str, Any, float, int]:
         """The request along the route, each provider with its own retries: the first
-        answer wins (provider, model, reply, start time, attempts); the last failure raises."""
+        answer wins (provider, model, reply, start time, attempts); the last failure raises.
+        A call the client abandons is recorded as cancelled, its prompt estimated (what the
+        provider bills for it is not known), settling ``reservation``."""
         failure: Failure | None = None
         for provider in self.route:
             model_name = provider.model_for(model)
@@ -339,6 +364,11 @@ class CallContext:
                 else:
                     reply_text(reply)
                 return provider, model_name, reply, started, counter[0]
+            except asyncio.CancelledError:
+                usage = Usage(estimate_tokens(options["messages"]), 0, estimated=True)
+                self.record(provider, model_name, usage, started, counter[0], "cancelled", "client disconnected",
+                            reservation)
+                raise
             except (openai.OpenAIError, MalformedReply, json.JSONDecodeError) as exc:
                 failure = classify(exc)
                 self.record(provider, model_name, Usage(0, 0), started, counter[0], failure.outcome, failure.detail)
@@ -356,18 +386,22 @@ class CallContext:
                        parse: Callable[[str], Any] | None = None) -> Completion:
         """One chat completion along the route. ``parse`` turns the text into a value or
         raises ``BadOutput`` (recorded as such, then ``LLMBadOutput``)."""
-        provider, model_name, reply, started, attempts = await self._send(
-            model, **_request_options(messages, temperature, max_tokens, json_object))
-        text = reply_text(reply)
-        usage = (Usage.reported(getattr(reply, "usage", None))
-                 or Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
-        used_model = reported_model(getattr(reply, "model", None), model_name)
+        reservation = await self.reserve(messages, model, max_tokens)
         try:
-            value = parse(text) if parse else None
-        except BadOutput as exc:
-            self.record(provider, used_model, usage, started, attempts, "bad_output", str(exc)[:200])
-            raise
-        cost = self.record(provider, used_model, usage, started, attempts, "ok")
+            provider, model_name, reply, started, attempts = await self._send(
+                model, reservation, **_request_options(messages, temperature, max_tokens, json_object))
+            text = reply_text(reply)
+            usage = (Usage.reported(getattr(reply, "usage", None))
+                     or Usage(estimate_tokens(messages), max(1, len(text) // CHARS_PER_TOKEN), estimated=True))
+            used_model = reported_model(getattr(reply, "model", None), model_name)
+            try:
+                value = parse(text) if parse else None
+            except BadOutput as exc:
+                self.record(provider, used_model, usage, started, attempts, "bad_output", str(exc)[:200], reservation)
+                raise
+            cost = self.record(provider, used_model, usage, started, attempts, "ok", reservation=reservation)
+        finally:
+            self.gateway.budgets.abandon(reservation)  # no row settled it (the call failed): give it back
         return Completion(text, used_model, usage, cost, provider.kind, value)
 
     async def complete_valid(self, messages: Sequence[dict], parse: Callable[[str], Any], *,
@@ -389,10 +423,15 @@ class CallContext:
     async def open_stream(self, messages: Sequence[dict], *, model: str | None = None,
                           temperature: float | None = None, max_tokens: int | None = None) -> "LLMStream":
         """Start a streamed completion; errors before the first byte raise like ``complete``."""
-        provider, model_name, raw, started, attempts = await self._send(
-            model, **_request_options(messages, temperature, max_tokens, False),
-            stream=True, stream_options={"include_usage": True})
-        return LLMStream(self, provider, model_name, raw, started, attempts, estimate_tokens(messages))
+        reservation = await self.reserve(messages, model, max_tokens)
+        try:
+            provider, model_name, raw, started, attempts = await self._send(
+                model, reservation, **_request_options(messages, temperature, max_tokens, False),
+                stream=True, stream_options={"include_usage": True})
+        except BaseException:
+            self.gateway.budgets.abandon(reservation)
+            raise
+        return LLMStream(self, provider, model_name, raw, started, attempts, estimate_tokens(messages), reservation)
 
 
 class StartedStream:
@@ -431,8 +470,9 @@ class LLMStream:
     """Text deltas of a streamed completion; ``finish`` closes it and records the call."""
 
     def __init__(self, ctx: CallContext, provider: Provider, model: str, raw, started: float, attempts: int,
-                 input_estimate: int) -> None:
+                 input_estimate: int, reservation: Reservation = NOTHING) -> None:
         self.ctx, self.provider, self.model, self._raw = ctx, provider, model, raw
+        self._reservation = reservation
         self._started, self._attempts, self._input_estimate = started, attempts, input_estimate
         self._usage: Usage | None = None
         self._deltas = 0
@@ -470,4 +510,5 @@ class LLMStream:
             await self._raw.close()
         except Exception:  # the connection is going away anyway
             log.debug("closing the upstream stream failed", exc_info=True)
-        return self.ctx.record(self.provider, self.model, self.usage, self._started, self._attempts, outcome, error)
+        return self.ctx.record(self.provider, self.model, self.usage, self._started, self._attempts, outcome, error,
+                               self._reservation)

@@ -1,10 +1,15 @@
-"""What a call costs: USD per million input/output tokens, by model.
+"""What a call costs: USD per million input/output tokens, by model, and at most.
 
 The built-in table holds OpenAI's list prices for current chat models (standard
 tier, uncached input); ``LLM_PRICES`` extends or overrides it. A dated snapshot
 ("gpt-4o-mini-2024-07-18") is priced as its model ("gpt-4o-mini"): the longest
 table entry that the name starts with, followed by "-", wins. A model in no
 table costs 0 and is logged once, so that it can be added to ``LLM_PRICES``.
+
+A call's worst case (what a budget reserves for it, app/llm/budgets.py) needs the most
+output tokens a model may write when the request sets no ``max_tokens``: the
+built-in caps are the models' documented maximum output; ``LLM_PRICES`` may give
+``max_output_tokens``; a priced model with neither is capped at ``DEFAULT_MAX_OUTPUT``.
 """
 
 from __future__ import annotations
@@ -32,14 +37,28 @@ BUILT_IN: dict[str, tuple[float, float]] = {
     "gpt-3.5-turbo": (0.50, 1.50),
 }
 
+# The most output tokens each model writes in one reply (reasoning tokens included).
+BUILT_IN_MAX_OUTPUT: dict[str, int] = {
+    "gpt-5": 128_000, "gpt-5-mini": 128_000, "gpt-5-nano": 128_000,
+    "gpt-4.1": 32_768, "gpt-4.1-mini": 32_768, "gpt-4.1-nano": 32_768,
+    "gpt-4o": 16_384, "gpt-4o-mini": 16_384,
+    "o3": 100_000, "o3-mini": 100_000, "o4-mini": 100_000,
+    "gpt-4-turbo": 4_096, "gpt-3.5-turbo": 4_096,
+}
+DEFAULT_MAX_OUTPUT = 128_000
+
 _MILLION = Decimal(1_000_000)
 _CENT_FRACTION = Decimal("0.00000001")  # numeric(14, 8) in llm_calls
 
 
 class PriceTable:
-    def __init__(self, overrides: Mapping[str, tuple[float, float]] | None = None) -> None:
-        merged = {**BUILT_IN, **(overrides or {})}
+    def __init__(self, overrides: Mapping[str, tuple] | None = None) -> None:
+        """``overrides``: model -> (input, output) or (input, output, max output tokens or None)."""
+        overrides = overrides or {}
+        merged = {**BUILT_IN, **{model: entry[:2] for model, entry in overrides.items()}}
         self._prices = {model: (Decimal(str(i)), Decimal(str(o))) for model, (i, o) in merged.items()}
+        self._max_output = {**BUILT_IN_MAX_OUTPUT,
+                            **{model: entry[2] for model, entry in overrides.items() if len(entry) > 2 and entry[2]}}
         self._unpriced_seen: set[str] = set()
 
     def family(self, model: str) -> str | None:
@@ -51,6 +70,11 @@ class PriceTable:
     def price(self, model: str) -> tuple[Decimal, Decimal] | None:
         family = self.family(model)
         return self._prices[family] if family else None
+
+    def max_output(self, model: str) -> int:
+        """The most output tokens ``model`` writes in one reply (see the module's doc)."""
+        family = self.family(model)
+        return self._max_output.get(model) or self._max_output.get(family or "", DEFAULT_MAX_OUTPUT)
 
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> Decimal:
         price = self.price(model)

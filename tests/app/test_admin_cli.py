@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import os
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 
+import asyncpg
 import pytest
 
 from tests.support.admin_cli import admin
@@ -80,6 +84,10 @@ def test_text_output_shows_the_key_once(cli):
     ("key", "issue", str(uuid.uuid4())),
     ("key", "list", str(uuid.uuid4())),
     ("key", "revoke", str(uuid.uuid4())),
+    ("tenant", "budget", "set", str(uuid.uuid4()), "--usd", "5"),
+    ("tenant", "budget", "show", str(uuid.uuid4())),
+    ("key", "budget", "clear", str(uuid.uuid4())),
+    ("key", "rotate", str(uuid.uuid4())),
 ])
 def test_unknown_ids_exit_1_with_a_message(cli, args):
     result = cli(*args, "--json")
@@ -109,10 +117,87 @@ def test_unknown_ids_exit_1_with_a_message(cli, args):
     ("tenant", "create", "probe-\x1b[31mred"), ("tenant", "create", "two\nlines"),
     ("key", "issue", str(uuid.uuid4()), "--expires-at", "9999-12-31T23:59:59-01:00"),
     ("tenant", "create", "bad-\udcff"),
+    ("tenant", "budget", "set", str(uuid.uuid4())),
+    ("tenant", "budget", "set", str(uuid.uuid4()), "--usd", "-1"),
+    ("tenant", "budget", "set", str(uuid.uuid4()), "--usd", "1.005"),
+    ("tenant", "budget", "set", str(uuid.uuid4()), "--usd", "NaN"),
+    ("key", "budget", "set", str(uuid.uuid4()), "--usd", "1000000000000"),
+    ("key", "budget", "set", str(uuid.uuid4()), "--usd", "ten"),
+    ("key", "rotate", str(uuid.uuid4()), "--overlap", "1w"),
+    ("key", "rotate", str(uuid.uuid4()), "--overlap", "91d"),
+    ("key", "rotate", str(uuid.uuid4()), "--overlap", "-1h"),
 ])
 def test_usage_errors_exit_2(cli, args):
     result = cli(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr and result.stderr.startswith("usage:")
+
+
+def test_budgets_of_a_tenant_and_of_a_key(cli):
+    """set, show and clear a monthly budget; each shows the month's spend beside it."""
+    tenant = ok_json(cli("tenant", "create", unique("Budget"), "--json"))
+    shown = ok_json(cli("tenant", "budget", "set", tenant["id"], "--usd", "25.00", "--json"))
+    assert shown == {"tenant_id": tenant["id"], "period_start": shown["period_start"],
+                     "period_end": shown["period_end"], "budget_usd": 25.0, "spent_usd": 0.0, "reserved_usd": 0.0,
+                     "remaining_usd": 25.0, "calls": 0}
+    assert ok_json(cli("tenant", "budget", "show", tenant["id"], "--json")) == shown
+    cleared = ok_json(cli("tenant", "budget", "clear", tenant["id"], "--json"))
+    assert (cleared["budget_usd"], cleared["remaining_usd"]) == (None, None)
+    key = ok_json(cli("key", "issue", tenant["id"], "--json"))
+    assert ok_json(cli("key", "budget", "set", key["id"], "--usd", "0.5", "--json"))["budget_usd"] == 0.5
+    text = cli("key", "budget", "show", key["id"])
+    assert text.returncode == 0 and f"key_id={key['id']}" in text.stdout and "budget_usd=0.5" in text.stdout
+    assert ok_json(cli("key", "budget", "clear", key["id"], "--json"))["budget_usd"] is None
+
+
+async def _account_calls(database_url: str, tenant_id: str, costs: list[str], days_ago: int = 0) -> None:
+    """llm_calls rows as the app writes them (each settling into the month's spend)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for cost in costs:
+            await conn.execute(
+                """WITH call AS (INSERT INTO llm_calls (tenant_id, endpoint, provider, model, input_tokens,
+                                                        output_tokens, cost_usd, latency_ms, attempts, outcome,
+                                                        created_at)
+                                 VALUES ($1, 'gpt', 'default', 'gpt-4o-mini', 10, 20, $2, 5, 1, 'ok',
+                                         now() - make_interval(days => $3)))
+                   SELECT llm_settle($1, NULL, CASE WHEN $3 = 0 THEN $2 ELSE 0 END, NULL)""",
+                uuid.UUID(tenant_id), Decimal(cost), days_ago)
+    finally:
+        await conn.close()
+
+
+def test_usage_across_tenants(cli, database_url):
+    """Per tenant with calls in the days asked (default: this month) or with a budget: calls,
+    tokens, cost, dearest first, and the share of the budget this month's spend used."""
+    budgeted = ok_json(cli("tenant", "create", unique("Usage A"), "--json"))
+    earlier = ok_json(cli("tenant", "create", unique("Usage B"), "--json"))
+    ok_json(cli("tenant", "budget", "set", budgeted["id"], "--usd", "10", "--json"))
+    asyncio.run(_account_calls(database_url, budgeted["id"], ["1.5", "0.5"]))
+    asyncio.run(_account_calls(database_url, earlier["id"], ["0.25"], days_ago=40))
+    rows = {row["tenant_id"]: row for row in ok_json(cli("usage", "--json"))}
+    assert rows[budgeted["id"]] == {"tenant_id": budgeted["id"], "name": budgeted["name"], "calls": 2,
+                                    "input_tokens": 20, "output_tokens": 40, "cost_usd": 2.0, "budget_usd": 10.0,
+                                    "month_spent_usd": 2.0, "budget_share_used": 0.2}
+    assert earlier["id"] not in rows
+    since = (datetime.date.today() - datetime.timedelta(days=60)).isoformat()
+    rows = {row["tenant_id"]: row for row in ok_json(cli("usage", "--from", since, "--json"))}
+    assert (rows[earlier["id"]]["calls"], rows[earlier["id"]]["cost_usd"]) == (1, 0.25)
+    assert rows[earlier["id"]]["budget_usd"] is None and rows[earlier["id"]]["budget_share_used"] is None
+    assert cli("usage", "--from", "2026-12-02", "--to", "2026-12-01").returncode == 1
+    assert cli("usage", "--from", "2020-01-01", "--to", "2026-01-01").returncode == 1
+    assert cli("usage", "--from", "yesterday").returncode == 2
+
+
+def test_a_revoked_key_is_not_rotated_and_the_new_key_is_shown_once(cli):
+    tenant = ok_json(cli("tenant", "create", unique("Rotate"), "--json"))
+    key = ok_json(cli("key", "issue", tenant["id"], "--json"))
+    text = cli("key", "rotate", key["id"], "--overlap", "1h")
+    assert text.returncode == 0
+    assert text.stdout.startswith("key: cs_live_") and "(store it now: it is never shown again)" in text.stdout
+    assert f"rotated_from={key['id']}" in text.stdout
+    ok_json(cli("key", "revoke", key["id"], "--json"))
+    refused = cli("key", "rotate", key["id"])
+    assert refused.returncode == 1 and "is revoked: issue a new one instead" in refused.stderr
 
 
 def test_names_and_labels_are_kept_as_given_when_printable(cli):

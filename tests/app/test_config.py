@@ -113,14 +113,15 @@ def test_llm_settings_are_parsed(tmp_path):
 
     keys = [Fernet.generate_key().decode() for _ in range(2)]
     prices = tmp_path / "prices.json"
-    prices.write_text('{"my-model": {"input_per_1m": 1.5, "output_per_1m": 3}}')
+    prices.write_text('{"my-model": {"input_per_1m": 1.5, "output_per_1m": 3}, '
+                      '"capped": {"input_per_1m": 1, "output_per_1m": 2, "max_output_tokens": 8192}}')
     settings = Settings.from_env({**BASE, "OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": "http://llm:8090/v1/",
                                   "LLM_FALLBACK_BASE_URL": "https://fb.example/v1", "LLM_FALLBACK_API_KEY": "sk-fb",
                                   "LLM_FALLBACK_MODEL": "fb-model", "APP_ENCRYPTION_KEY": f"{keys[0]}, {keys[1]}",
                                   "LLM_PRICES": str(prices)})
     assert settings.openai_base_url == "http://llm:8090/v1" and settings.llm_fallback_model == "fb-model"
     assert settings.app_encryption_keys == tuple(keys)
-    assert settings.llm_prices == {"my-model": (1.5, 3.0)}
+    assert settings.llm_prices == {"my-model": (1.5, 3.0, None), "capped": (1.0, 2.0, 8192)}
     assert "sk-x" not in repr(settings) and "sk-fb" not in repr(settings) and keys[0] not in repr(settings)
 
 
@@ -131,7 +132,11 @@ def test_llm_settings_are_parsed(tmp_path):
                                               ('{"m": {"input_per_1m": 1, "output_per_1m": 1e999}}', "finite"),
                                               ('{"m": {"input_per_1m": 1' + "0" * 400 + ', "output_per_1m": 1}}',
                                                "needs numeric"),
-                                              ("[" * 100_000 + "]" * 100_000, "not valid JSON")])
+                                              ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+                                              ('{"m": {"input_per_1m": 1, "output_per_1m": 1, '
+                                               '"max_output_tokens": 0}}', "max_output_tokens"),
+                                              ('{"m": {"input_per_1m": 1, "output_per_1m": 1, '
+                                               '"max_output_tokens": "many"}}', "max_output_tokens")])
 def test_a_bad_price_file_is_named(tmp_path, content, problem):
     prices = tmp_path / "prices.json"
     prices.write_text(content)

@@ -38,7 +38,7 @@ ENDPOINTS = [
 
 # Tenant-wide endpoints with no resource id: their isolation is tested where they are
 # (test_llm_features: progress and the cost report; test_llm_byok: settings).
-TENANT_WIDE = {("GET", "/api/v1/students/{student_id}/progress"), ("GET", "/api/v1/reports/cost"),
+TENANT_WIDE = {("GET", "/api/v1/students/{student_id}/progress"), ("GET", "/api/v1/reports/cost"), ("GET", "/api/v1/usage"),
                ("POST", "/api/v1/gpt"), ("POST", "/api/v1/gpt/presentation"), ("POST", "/api/v1/gpt/improve"),
                ("PUT", "/api/v1/settings/llm"), ("GET", "/api/v1/settings/llm"), ("DELETE", "/api/v1/settings/llm")}
 

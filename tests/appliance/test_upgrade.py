@@ -3,7 +3,9 @@ a deploy that cannot migrate leaves the old release serving.
 
 Each check deploys a copy of the checkout with a changed version (what the OpenAPI
 document reports) through `make vps-upgrade SOURCE=<copy>`, while the load client
-hammers the API over HTTPS; the last one deploys the checkout itself again."""
+hammers the API over HTTPS; the last one deploys the checkout itself again. The
+releases that must fail are deployed as an app-only upgrade (`--tags app`, what an
+operator runs to roll out a release): their failures are the app role's."""
 
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ def test_a_deploy_whose_migration_fails_leaves_the_old_release_serving(vps, curl
     tree = changed_tree(tmp_path, f"{__version__}+doomed", failing_migration=True)
     started = time.monotonic()
     with Load(vps, load_key) as load:
-        upgrade = make_upgrade(tree)
+        upgrade = make_upgrade(tree, "--tags app")
     report("failed deploy", load, time.monotonic() - started)
     assert upgrade.returncode != 0
     assert "no_such_table" in upgrade.stdout
@@ -94,7 +96,7 @@ def test_a_release_that_does_not_become_healthy_is_rolled_back(host, vps, curl, 
     tree = changed_tree(tmp_path, f"{__version__}+broken", broken_app=True)
     started = time.monotonic()
     with Load(vps, load_key) as load:
-        upgrade = make_upgrade(tree, "-e app_health_timeout_s=20")
+        upgrade = make_upgrade(tree, "--tags app -e app_health_timeout_s=20")
     report("unhealthy deploy", load, time.monotonic() - started)
     assert upgrade.returncode != 0
     assert "did not become healthy within 20 s; rolled back to" in upgrade.stdout

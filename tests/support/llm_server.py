@@ -12,9 +12,11 @@ otherwise a short text. Tests script failures on demand through a queue:
                                                {"chunk_delay_s": 0.2}, {"break_after_words": 3},
                                                {"redirect_to": "http://elsewhere/v1/chat/completions"},
                                                {"raw": {"content_type": "text/html", "body": "<html>"}},
+                                               {"fill_max_tokens": true},
                                                {"reply_fields": {"usage": [1], "model": 5}}]}
 
-``raw`` answers 200 with that body as it is; ``reply_fields`` replaces fields of the
+``fill_max_tokens`` answers with as many words (this server's tokens) as the request's
+``max_tokens`` allows; ``raw`` answers 200 with that body as it is; ``reply_fields`` replaces fields of the
 completion (of the last chunk, the one with the usage, when streaming).
 
 Each request takes the next behaviour (then the default); ``GET /_control/requests``
@@ -66,6 +68,8 @@ def _tokens(text: str) -> int:
 def _answer(body: dict, behaviour: dict) -> str:
     if "content" in behaviour:
         return behaviour["content"]
+    if behaviour.get("fill_max_tokens"):
+        return " ".join(f"w{i}" for i in range(int(body.get("max_tokens") or 16)))
     if (body.get("response_format") or {}).get("type") == "json_object":
         return json.dumps(DEFAULT_JSON)
     last = next((m.get("content") for m in reversed(body["messages"]) if m.get("role") == "user"), "")

@@ -1,0 +1,189 @@
+"""Monthly LLM spend limits per tenant and per key (USD, calendar months in UTC).
+
+A call of a key that has a budget over it (its own or its tenant's: the key cache
+knows) first reserves its worst case -- ``worst_case``: every byte of the prompt a
+token, plus the request's ``max_tokens`` or the model's output cap, at the dearest
+model of the route -- in one statement that checks and takes it under the spend
+rows' locks (``llm_reserve``, migration 0009), so that concurrent calls on any worker
+cannot pass a budget together. A call that does not fit is refused (402
+``budget_exceeded``) before any provider is asked. The call's ``llm_calls`` row
+settles it in the row's own transaction: the reservation goes, the real cost stays
+(``accounting.record``). A failed call gives its reservation back.
+
+A reservation lives ``LLM_RESERVATION_TTL_S``; each worker extends those of its calls
+still running every third of it, and releases the ones nobody extended -- a worker
+that died mid-call -- logging each (``Budgets.run``).
+
+Calls without a budget over them reserve nothing: their cost is counted all the
+same when their row is written, so a budget set mid-month sees the month's spend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Callable, Coroutine, Sequence
+
+import asyncpg
+
+from ..db import pooled
+from ..errors import ApiError
+
+log = logging.getLogger("app.llm")
+
+# Chat framing per message and per reply, in tokens (OpenAI's accounting: at most 4 and 3).
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_REPLY = 3
+RESERVE_TIMEOUT_S = 5.0
+HEADER = "X-Budget-Remaining-USD"
+
+
+class BudgetExceeded(ApiError):
+    status, code = 402, "budget_exceeded"
+
+
+def prompt_tokens_bound(messages: Sequence[dict]) -> int:
+    """At most this many prompt tokens: a byte-level BPE token covers at least one byte."""
+    return (sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages)
+            + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What a call holds: ``id`` None when no budget is over it (nothing reserved)."""
+
+    id: uuid.UUID | None
+    amount_usd: Decimal
+    remaining_usd: Decimal | None  # of the tightest budget, after this reservation
+
+    @property
+    def header(self) -> dict[str, str]:
+        return {} if self.remaining_usd is None else {HEADER: usd_text(self.remaining_usd)}
+
+
+NOTHING = Reservation(None, Decimal(0), None)
+
+
+def usd_text(amount: Decimal) -> str:
+    return f"{amount.quantize(Decimal('0.00000001')).normalize():f}"
+
+
+class Budgets:
+    """A worker's reservations: taken, extended while their calls run, given back."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float, later: Callable[[Coroutine], None]) -> None:
+        self._pool = pool
+        self.ttl_s = ttl_s
+        self._later = later  # runs work off the request path, awaited at shutdown
+        self._live: set[uuid.UUID] = set()  # the reservations of this worker's calls still running
+
+    async def reserve(self, tenant_id: uuid.UUID, key_id: uuid.UUID | None, amount: Decimal) -> Reservation:
+        """Take ``amount`` from the tenant's and the key's budgets, or raise ``BudgetExceeded``."""
+        async with pooled(self._pool) as conn:  # the database away: 503 database_unavailable
+            row = await conn.fetchrow("SELECT * FROM llm_reserve($1, $2, $3, $4)", tenant_id, key_id, amount,
+                                      self.ttl_s)
+        remaining = row["remaining_usd"]
+        if row["reservation"] is None:
+            whose = "this API key's" if row["refused_by"] == "key" else "the tenant's"
+            raise BudgetExceeded(
+                f"This call could cost up to {usd_text(amount)} USD, more than the {usd_text(remaining)} USD left "
+                f"of {whose} monthly LLM budget (GET /api/v1/usage). Ask for fewer max_tokens, or wait for the "
+                "next month or a larger budget.",
+                details={"budget": row["refused_by"], "remaining_usd": float(remaining),
+                         "needed_usd": float(amount)},
+                headers={HEADER: usd_text(remaining)})
+        self._live.add(row["reservation"])
+        return Reservation(row["reservation"], amount, remaining)
+
+    def done(self, reservation: Reservation) -> None:
+        """The call holding it has ended here (its settling is under way)."""
+        self._live.discard(reservation.id)
+
+    def abandon(self, reservation: Reservation) -> None:
+        """The call holding it has ended: if no row settled it, give it back (off the request path)."""
+        if reservation.id in self._live:
+            self._live.discard(reservation.id)
+            self._later(self._release(reservation.id))
+
+    async def _release(self, reservation: uuid.UUID) -> None:
+        try:
+            async with self._pool.acquire(timeout=RESERVE_TIMEOUT_S) as conn:
+                await conn.execute("SELECT llm_release($1)", reservation, timeout=RESERVE_TIMEOUT_S)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            log.warning("could not release an LLM budget reservation; it expires by itself",
+                        extra={"reservation": str(reservation)}, exc_info=True)
+
+    async def tend(self) -> list[dict[str, Any]]:
+        """Extend this worker's live reservations; release everyone's expired ones (logged)."""
+        async with self._pool.acquire(timeout=RESERVE_TIMEOUT_S) as conn:
+            if self._live:
+                await conn.execute("SELECT llm_extend($1, $2)", list(self._live), self.ttl_s,
+                                   timeout=RESERVE_TIMEOUT_S)
+            released = [dict(r) for r in await conn.fetch("SELECT * FROM llm_release_expired()",
+                                                          timeout=RESERVE_TIMEOUT_S)]
+        for row in released:
+            log.warning("released an LLM budget reservation nobody extended (its call's worker stopped mid-call)",
+                        extra={"reservation": {**{k: str(v) for k, v in row.items() if v is not None},
+                                               "age_s": round((datetime.datetime.now(datetime.timezone.utc)
+                                                               - row["created_at"]).total_seconds(), 1)}})
+        return released
+
+    async def run(self) -> None:
+        """``tend`` every third of the reservations' lifetime, for as long as the worker runs."""
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                await self.tend()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                log.warning("could not tend the LLM budget reservations", exc_info=True)
+
+
+# What a statement says besides its period.
+FIGURES = ("budget_usd", "spent_usd", "reserved_usd", "remaining_usd", "calls")
+
+TENANT_STATEMENT_SQL = """SELECT llm_period_start() AS period_start, t.monthly_budget_usd AS budget,
+                        COALESCE(s.spent_usd, 0) AS spent, COALESCE(s.reserved_usd, 0) AS reserved,
+                        COALESCE(s.calls, 0) AS calls
+                 FROM tenants t LEFT JOIN tenant_spend s
+                      ON s.tenant_id = t.id AND s.period_start = llm_period_start()
+                 WHERE t.id = $1"""
+KEY_STATEMENT_SQL = """SELECT llm_period_start() AS period_start, k.monthly_budget_usd AS budget,
+                     COALESCE(s.spent_usd, 0) AS spent, COALESCE(s.reserved_usd, 0) AS reserved,
+                     COALESCE(s.calls, 0) AS calls
+              FROM api_keys k LEFT JOIN key_spend s
+                   ON s.key_id = llm_key_account(k.id) AND s.period_start = llm_period_start()
+              WHERE k.id = $1"""
+SET_TENANT_BUDGET_SQL = "UPDATE tenants SET monthly_budget_usd = $2 WHERE id = $1 RETURNING true"
+SET_KEY_BUDGET_SQL = "UPDATE api_keys SET monthly_budget_usd = $2 WHERE id = $1 RETURNING true"
+
+
+async def statement(conn: asyncpg.Connection, kind: str, ident: uuid.UUID) -> dict[str, Any] | None:
+    """A tenant's (``kind`` "tenant") or a key's ("key") budget and spend this month; None if
+    there is no such tenant or key. Amounts in USD; ``remaining_usd`` null without a budget."""
+    row = await (conn.fetchrow(TENANT_STATEMENT_SQL, ident) if kind == "tenant"
+                 else conn.fetchrow(KEY_STATEMENT_SQL, ident))
+    if row is None:
+        return None
+    start = datetime.datetime.combine(row["period_start"], datetime.time(), tzinfo=datetime.timezone.utc)
+    end = (start.replace(day=28) + datetime.timedelta(days=4)).replace(day=1)
+    budget = row["budget"]
+    remaining = None if budget is None else max(budget - row["spent"] - row["reserved"], Decimal(0))
+    return {"period_start": _utc(start), "period_end": _utc(end),
+            "budget_usd": None if budget is None else float(budget), "spent_usd": float(row["spent"]),
+            "reserved_usd": float(row["reserved"]), "remaining_usd": None if remaining is None else float(remaining),
+            "calls": row["calls"]}
+
+
+def _utc(moment: datetime.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def set_budget(conn: asyncpg.Connection, kind: str, ident: uuid.UUID, usd: Decimal | None) -> bool:
+    """Set (or with None clear) a tenant's or a key's monthly budget; False if there is no such one."""
+    found = await (conn.fetchval(SET_TENANT_BUDGET_SQL, ident, usd) if kind == "tenant"
+                   else conn.fetchval(SET_KEY_BUDGET_SQL, ident, usd))
+    return found is not None
