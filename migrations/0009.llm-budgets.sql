@@ -31,7 +31,8 @@ CREATE TABLE key_spend (
 CREATE TABLE llm_reservations (
     id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     tenant_id     uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
-    key_id        uuid REFERENCES api_keys (id) ON DELETE CASCADE,  -- its key's account (llm_key_account)
+    tenant_held   boolean NOT NULL,  -- the amount is held in tenant_spend (the tenant has a budget)
+    key_id        uuid REFERENCES api_keys (id) ON DELETE CASCADE,  -- held in this key account's key_spend
     period_start  date NOT NULL,
     amount_usd    numeric(14, 8) NOT NULL CHECK (amount_usd >= 0),
     created_at    timestamptz NOT NULL DEFAULT now(),
@@ -49,9 +50,11 @@ CREATE FUNCTION llm_key_account(p_key uuid) RETURNS uuid LANGUAGE sql STABLE AS 
 $$;
 
 -- Reserve amount for one call of the key's tenant, if it fits the tenant's budget and the
--- key's (each: null = none). Returns the reservation's id (null when refused), which
--- budget refused it ('tenant' or 'key'; null when it fits) and what remains of the
--- tightest budget after it (null without a budget). Locks tenant row, then key row.
+-- key's (each: null = none; a budget that is none holds nothing). Returns the reservation's
+-- id (null when refused), which budget refused it ('tenant' or 'key'; null when it fits)
+-- and what remains of the tightest budget after it. Locks the tenant's spend row, then the
+-- key's. Committed without waiting for the disk: a reservation lost in a database crash
+-- takes its amount with it, and its call's settlement then finds nothing to release.
 CREATE FUNCTION llm_reserve(p_tenant uuid, p_key uuid, p_amount numeric, p_ttl_s double precision,
                             OUT reservation uuid, OUT refused_by text, OUT remaining_usd numeric)
 LANGUAGE plpgsql AS $$
@@ -59,43 +62,60 @@ DECLARE
     period date := llm_period_start();
     t_budget numeric;
     k_budget numeric;
-    t_left numeric;
+    account uuid;
+    t_left numeric;  -- before this call
     k_left numeric;
-    account uuid := llm_key_account(p_key);
 BEGIN
-    SELECT monthly_budget_usd INTO t_budget FROM tenants WHERE id = p_tenant;
-    SELECT monthly_budget_usd INTO k_budget FROM api_keys WHERE id = p_key;
-    INSERT INTO tenant_spend (tenant_id, period_start) VALUES (p_tenant, period) ON CONFLICT DO NOTHING;
-    SELECT t_budget - spent_usd - reserved_usd INTO t_left FROM tenant_spend
-        WHERE tenant_id = p_tenant AND period_start = period FOR UPDATE;
-    IF account IS NOT NULL THEN
-        INSERT INTO key_spend (key_id, period_start) VALUES (account, period) ON CONFLICT DO NOTHING;
-        SELECT k_budget - spent_usd - reserved_usd INTO k_left FROM key_spend
-            WHERE key_id = account AND period_start = period FOR UPDATE;
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT t.monthly_budget_usd, k.monthly_budget_usd INTO t_budget, k_budget
+        FROM tenants t LEFT JOIN api_keys k ON k.id = p_key WHERE t.id = p_tenant;
+    IF t_budget IS NOT NULL THEN
+        UPDATE tenant_spend SET reserved_usd = reserved_usd + p_amount
+            WHERE tenant_id = p_tenant AND period_start = period
+            RETURNING t_budget - spent_usd - reserved_usd + p_amount INTO t_left;
+        IF NOT FOUND THEN
+            INSERT INTO tenant_spend AS s (tenant_id, period_start, reserved_usd) VALUES (p_tenant, period, p_amount)
+                ON CONFLICT (tenant_id, period_start) DO UPDATE SET reserved_usd = s.reserved_usd + EXCLUDED.reserved_usd
+                RETURNING t_budget - s.spent_usd - s.reserved_usd + p_amount INTO t_left;
+        END IF;
+    END IF;
+    IF k_budget IS NOT NULL THEN
+        account := llm_key_account(p_key);
+        UPDATE key_spend SET reserved_usd = reserved_usd + p_amount
+            WHERE key_id = account AND period_start = period
+            RETURNING k_budget - spent_usd - reserved_usd + p_amount INTO k_left;
+        IF NOT FOUND THEN
+            INSERT INTO key_spend AS s (key_id, period_start, reserved_usd) VALUES (account, period, p_amount)
+                ON CONFLICT (key_id, period_start) DO UPDATE SET reserved_usd = s.reserved_usd + EXCLUDED.reserved_usd
+                RETURNING k_budget - s.spent_usd - s.reserved_usd + p_amount INTO k_left;
+        END IF;
     END IF;
     IF t_left IS NOT NULL AND p_amount > t_left THEN
         refused_by := 'tenant';
     ELSIF k_left IS NOT NULL AND p_amount > k_left THEN
         refused_by := 'key';
     END IF;
-    IF refused_by IS NOT NULL THEN
+    IF refused_by IS NOT NULL THEN  -- take back what was added above (the rows stay locked)
+        IF t_budget IS NOT NULL THEN
+            UPDATE tenant_spend SET reserved_usd = reserved_usd - p_amount
+                WHERE tenant_id = p_tenant AND period_start = period;
+        END IF;
+        IF account IS NOT NULL THEN
+            UPDATE key_spend SET reserved_usd = reserved_usd - p_amount WHERE key_id = account AND period_start = period;
+        END IF;
         remaining_usd := greatest(least(t_left, k_left), 0);
         RETURN;
     END IF;
-    UPDATE tenant_spend SET reserved_usd = reserved_usd + p_amount
-        WHERE tenant_id = p_tenant AND period_start = period;
-    IF account IS NOT NULL THEN
-        UPDATE key_spend SET reserved_usd = reserved_usd + p_amount WHERE key_id = account AND period_start = period;
-    END IF;
-    INSERT INTO llm_reservations (tenant_id, key_id, period_start, amount_usd, expires_at)
-        VALUES (p_tenant, account, period, p_amount, now() + make_interval(secs => p_ttl_s))
+    INSERT INTO llm_reservations (tenant_id, tenant_held, key_id, period_start, amount_usd, expires_at)
+        VALUES (p_tenant, t_budget IS NOT NULL, account, period, p_amount, now() + make_interval(secs => p_ttl_s))
         RETURNING id INTO reservation;
     remaining_usd := greatest(least(t_left, k_left) - p_amount, 0);
 END;
 $$;
 
--- Give a reservation's amount back (if it is still there: it may have expired).
-CREATE FUNCTION llm_release(p_reservation uuid) RETURNS numeric LANGUAGE plpgsql AS $$
+-- Give a reservation's amount back (if it is still there: it may have expired); the
+-- reservation as it was, or null.
+CREATE FUNCTION llm_release(p_reservation uuid) RETURNS llm_reservations LANGUAGE plpgsql AS $$
 DECLARE
     r llm_reservations;
 BEGIN
@@ -103,13 +123,15 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    UPDATE tenant_spend SET reserved_usd = greatest(reserved_usd - r.amount_usd, 0)
-        WHERE tenant_id = r.tenant_id AND period_start = r.period_start;
+    IF r.tenant_held THEN
+        UPDATE tenant_spend SET reserved_usd = greatest(reserved_usd - r.amount_usd, 0)
+            WHERE tenant_id = r.tenant_id AND period_start = r.period_start;
+    END IF;
     IF r.key_id IS NOT NULL THEN
         UPDATE key_spend SET reserved_usd = greatest(reserved_usd - r.amount_usd, 0)
             WHERE key_id = r.key_id AND period_start = r.period_start;
     END IF;
-    RETURN r.amount_usd;
+    RETURN r;
 END;
 $$;
 
@@ -125,13 +147,21 @@ BEGIN
     IF p_reservation IS NOT NULL THEN
         PERFORM llm_release(p_reservation);
     END IF;
-    INSERT INTO tenant_spend AS s (tenant_id, period_start, spent_usd, calls) VALUES (p_tenant, period, p_cost, 1)
-        ON CONFLICT (tenant_id, period_start)
-        DO UPDATE SET spent_usd = s.spent_usd + EXCLUDED.spent_usd, calls = s.calls + 1;
-    IF account IS NOT NULL THEN
-        INSERT INTO key_spend AS s (key_id, period_start, spent_usd, calls) VALUES (account, period, p_cost, 1)
-            ON CONFLICT (key_id, period_start)
+    UPDATE tenant_spend SET spent_usd = spent_usd + p_cost, calls = calls + 1
+        WHERE tenant_id = p_tenant AND period_start = period;
+    IF NOT FOUND THEN
+        INSERT INTO tenant_spend AS s (tenant_id, period_start, spent_usd, calls) VALUES (p_tenant, period, p_cost, 1)
+            ON CONFLICT (tenant_id, period_start)
             DO UPDATE SET spent_usd = s.spent_usd + EXCLUDED.spent_usd, calls = s.calls + 1;
+    END IF;
+    IF account IS NOT NULL THEN
+        UPDATE key_spend SET spent_usd = spent_usd + p_cost, calls = calls + 1
+            WHERE key_id = account AND period_start = period;
+        IF NOT FOUND THEN
+            INSERT INTO key_spend AS s (key_id, period_start, spent_usd, calls) VALUES (account, period, p_cost, 1)
+                ON CONFLICT (key_id, period_start)
+                DO UPDATE SET spent_usd = s.spent_usd + EXCLUDED.spent_usd, calls = s.calls + 1;
+        END IF;
     END IF;
 END;
 $$;
