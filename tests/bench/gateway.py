@@ -55,15 +55,12 @@ async def _timed(call, count: int) -> list[float]:
     return samples
 
 
-async def _budgeted_key(database_url: str) -> str:
-    """A key of a tenant with a monthly budget (one no call of the run reaches)."""
+async def _give_a_budget(database_url: str, key: str) -> None:
+    """A monthly budget (one no call of the run reaches) for the tenant of ``key``."""
     conn = await asyncpg.connect(database_url)
     try:
-        tenant = await tenants.create_tenant(conn, "Bench with a budget")
-        key = await tenants.issue_key(conn, tenant["id"], scopes=tenants.SCOPES, label="bench", env="test",
-                                      rate_limit_prep=1_000_000, rate_limit_check=1_000_000, expires_at=None)
-        await budgets.set_budget(conn, "tenant", tenant["id"], BENCH_BUDGET_USD)
-        return key["key"]
+        tenant_id = await conn.fetchval("SELECT tenant_id FROM api_keys WHERE key_hash = $1", tenants.hash_key(key))
+        await budgets.set_budget(conn, "tenant", tenant_id, BENCH_BUDGET_USD)
     finally:
         await conn.close()
 
@@ -105,7 +102,8 @@ def run() -> dict:
         database_url = pg.create_database("bench_llm")
         apply_migrations(database_url)
         key, _ = asyncio.run(seed(database_url))
-        budgeted_key = asyncio.run(_budgeted_key(database_url))
+        budgeted_key, _ = asyncio.run(seed(database_url))  # a second tenant, given a budget
+        asyncio.run(_give_a_budget(database_url, budgeted_key))
         env = app_environment(database_url, s3, s3.create_bucket("bench-llm"), LOG_LEVEL="INFO",
                               OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="sk-bench")
         with Gunicorn(env, workers=1) as app:
