@@ -104,3 +104,17 @@ def test_a_pdf_material_is_read_for_structure_generation(api, curl, vps, provide
     if provider_is_test_server:
         prompts = json.dumps(llm_server.control(TEST_SERVER, "GET", "/_control/requests"))
         assert phrase in prompts, "the PDF's text should reach the provider"
+
+
+def test_a_tenant_over_its_budget_gets_402_through_nginx_and_sees_its_usage(host, curl):
+    """The budget path on the appliance (its PostgreSQL, migrations and nginx): a tenant whose
+    monthly budget is spent is refused before any provider is asked, with what is left."""
+    tenant = json.loads(host.check_output("course-supporter-admin tenant create 'Budget smoke' --json"))
+    host.run_expect([0], f"course-supporter-admin tenant budget set {tenant['id']} --usd 0 --json")
+    key = json.loads(host.check_output(f"course-supporter-admin key issue {tenant['id']} --json"))["key"]
+    status, headers, body = curl("/api/v1/gpt", "-H", f"X-API-Key: {key}", "-H", "Content-Type: application/json",
+                                 "--data", json.dumps({"prompt": "Say hello.", "max_tokens": 10}))
+    assert status == 402 and json.loads(body)["error"]["code"] == "budget_exceeded"
+    assert headers["x-budget-remaining-usd"] == "0"
+    status, usage = curl.json("/api/v1/usage", "-H", f"X-API-Key: {key}")
+    assert status == 200 and (usage["budget_usd"], usage["spent_usd"], usage["calls"]) == (0.0, 0.0, 0)

@@ -3,9 +3,9 @@ a deploy that cannot migrate leaves the old release serving.
 
 Each check deploys a copy of the checkout with a changed version (what the OpenAPI
 document reports) through `make vps-upgrade SOURCE=<copy>`, while the load client
-hammers the API over HTTPS; the last one deploys the checkout itself again. The
-releases that must fail are deployed as an app-only upgrade (`--tags app`, what an
-operator runs to roll out a release): their failures are the app role's."""
+hammers the API over HTTPS; the last one deploys the checkout itself again. The first
+deploy re-applies the whole playbook; the others are app-only upgrades (`--tags app`,
+what an operator runs to roll out a release), the failures among them the app role's."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_a_release_that_does_not_become_healthy_is_rolled_back(host, vps, curl, 
 def test_deploying_the_checkout_again_under_load(vps, curl, load_key):
     started = time.monotonic()
     with Load(vps, load_key) as load:
-        upgrade = make_upgrade()
+        upgrade = make_upgrade(args="--tags app")
         time.sleep(2)
     report("deploy of the checkout", load, time.monotonic() - started)
     assert upgrade.returncode == 0, upgrade.stdout[-4000:]

@@ -273,8 +273,12 @@ def main() -> int:
                                             "status", "boot"])
     parser.add_argument("--source", help="upgrade: deploy this tree instead of the checkout")
     parser.add_argument("--backup", help='restore: "latest" or an object key under backups/')
-    args, rest = parser.parse_known_args()  # upgrade: after "--", further ansible-playbook arguments
-    if rest and (rest[0] != "--" or args.command not in ("upgrade", "cluster")):
+    # upgrade, cluster: after "--", further ansible-playbook arguments. Split here: argparse
+    # drops the "--" in some positions and keeps it in others.
+    argv = sys.argv[1:]
+    own, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = parser.parse_args(own)
+    if rest and args.command not in ("upgrade", "cluster"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     command = args.command
     if os.geteuid() != 0:
@@ -284,9 +288,9 @@ def main() -> int:
         boot()
         return 0
     if command == "upgrade":
-        return upgrade(args.source, rest[1:])
+        return upgrade(args.source, rest)
     if command == "cluster":
-        return cluster_up(rest[1:])
+        return cluster_up(rest)
     if command == "restore":
         return restore(args.backup)
     return {"up": up, "backup": backup, "down": down, "cluster-down": cluster_down, "status": status}[command]()
