@@ -10,6 +10,7 @@ from . import backup, error_tracking, metrics
 from .auth import auth_ctx, auth_middleware
 from .config import Settings
 from .db import pool_ctx
+from .idempotency import idempotency_middleware, sweep_ctx
 from .keys import draining_key, settings_key
 from .llm import budget_header, llm_ctx
 from .log import setup_logging
@@ -41,7 +42,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     middlewares = [request_middleware]
     if settings.cors_origins:
         middlewares.append(cors_middleware(settings.cors_origins))
-    middlewares += [auth_middleware, validation_middleware]
+    middlewares += [auth_middleware, validation_middleware, idempotency_middleware]
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=middlewares, handler_args=HEADER_LIMITS)
     app[settings_key] = settings
     app[draining_key] = asyncio.Event()
@@ -51,6 +52,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(llm_ctx)
     app.cleanup_ctx.append(backup.watch_ctx)
     app.cleanup_ctx.append(metrics.flush_ctx)
+    app.cleanup_ctx.append(sweep_ctx)
     app.on_shutdown.insert(0, start_draining)
     app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)

@@ -51,6 +51,7 @@ KEYED = {401: ("missing_api_key", "invalid_api_key"), 403: ("insufficient_scope"
 JSON_BODY = {400: ("malformed_json", "malformed_body"), 413: ("payload_too_large",),
              415: ("unsupported_media_type",), 422: ("validation_failed",)}
 INVALID = {422: ("validation_failed",)}
+IDEMPOTENT = {409: ("idempotency_in_progress",), 422: ("validation_failed", "idempotency_key_reused")}
 NOT_FOUND = {404: ("not_found",)}
 STORAGE = {503: ("storage_unavailable",)}
 UPLOAD = {400: ("bad_request", "malformed_body", "upload_incomplete"), 413: ("payload_too_large",),
@@ -73,6 +74,9 @@ ERROR_MEANINGS = {
                               "other than identity, gzip or deflate",
     "validation_failed": "the input breaks a rule; details name the fields",
     "rate_limited": "the key's per-minute limit for the scope; wait Retry-After seconds",
+    "idempotency_key_reused": "the Idempotency-Key was used in the last 24 hours for another request",
+    "idempotency_in_progress": "a request with this Idempotency-Key is still running; repeat it after Retry-After "
+                               "seconds to get its answer",
     "budget_exceeded": "the call's worst case does not fit what is left of the tenant's or the key's monthly LLM "
                        "budget (`details`: `budget`, `remaining_usd`, `needed_usd`); no provider was called",
     "llm_provider_error": "the LLM provider failed, after retries and the fallback provider",
@@ -84,10 +88,11 @@ ERROR_MEANINGS = {
     "llm_not_configured": "the server has no LLM provider and the tenant has none of its own",
     "encryption_unavailable": "the server cannot store provider keys, or cannot decrypt the tenant's stored one",
 }
-_STATUS_TEXT = {400: "Malformed request", 401: "No usable API key", 402: "Over the LLM budget", 403: "The key lacks the scope",
-                404: "Not found", 413: "Too large", 415: "Unsupported media type", 422: "Validation failed",
-                429: "Rate limit exceeded", 502: "LLM provider error", 503: "A dependency is unavailable",
-                504: "LLM provider timeout"}
+_STATUS_TEXT = {400: "Malformed request", 401: "No usable API key", 402: "Over the LLM budget",
+                403: "The key lacks the scope", 404: "Not found",
+                409: "A request with the same Idempotency-Key is running", 413: "Too large",
+                415: "Unsupported media type", 422: "Validation failed", 429: "Rate limit exceeded",
+                502: "LLM provider error", 503: "A dependency is unavailable", 504: "LLM provider timeout"}
 
 
 # --- the declaration ----------------------------------------------------------------
@@ -116,6 +121,7 @@ class Operation:
     query: type[Schema] | None = None
     query_parameters: tuple[Mapping[str, Any], ...] = ()  # described only (the handler reads them itself)
     path: type[Schema] | None = None
+    idempotent: bool = False  # accepts Idempotency-Key (app/idempotency.py)
 
     # The schemas' instances, made once (validating reuses them for every request).
     @functools.cached_property
@@ -147,6 +153,14 @@ def operation(operation_id: str, *, summary: str, tags: tuple[str, ...] | list[s
         return handler
 
     return mark
+
+
+def idempotent(handler):
+    """Above ``@operation``: the operation accepts ``Idempotency-Key`` (app/idempotency.py)."""
+    declared = handler.operation
+    handler.operation = dataclasses.replace(declared, idempotent=True,
+                                            errors=merge_errors(declared.errors, IDEMPOTENT))
+    return handler
 
 
 def operation_of(handler) -> Operation | None:
@@ -212,10 +226,18 @@ _HEADERS = {
                                               "USD left of the tightest one (the tenant's or the key's) when this "
                                               "call was admitted, its worst case set aside.",
                                "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}},
+    "Idempotent-Replayed": {"description": "`true` on the stored answer to a repeat with the same Idempotency-Key "
+                                           "(nothing was done again).", "schema": {"type": "string", "enum": ["true"]}},
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
     "Location": {"description": "Where the new resource is.", "schema": {"type": "string"}},
 }
 _RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+IDEMPOTENCY_KEY_PARAMETER = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "description": "Makes a repeat of this request (after a timeout or a dropped connection) return the first "
+                   "answer instead of doing it again: 1-255 printable ASCII characters, unique per request, kept "
+                   "24 hours. Not with `\"stream\": true`.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7E]+$"}}
 
 
 def _headers(names) -> dict:
@@ -223,8 +245,8 @@ def _headers(names) -> dict:
 
 
 def _error_response(status: int, codes: tuple[str, ...], keyed: bool, extra: tuple[str, ...] = ()) -> dict:
-    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()), *(("Retry-After",) if status in (429, 503) else ()),
-             *(extra if status == 402 else ())]
+    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()),
+             *(("Retry-After",) if status in (409, 429, 503) else ()), *(extra if status == 402 else ())]
     examples = {code: {"summary": ERROR_MEANINGS[code],
                        "value": {"error": {"code": code, "message": ERROR_MEANINGS[code].capitalize() + ".",
                                            "request_id": "9f1c6e0c2b7a4d8e9a0b1c2d3e4f5a6b"}}}
@@ -247,6 +269,7 @@ def _success_response(response: Response, keyed: bool, extra: tuple[str, ...] = 
 def _operation_object(declared: Operation) -> dict:
     keyed = declared.scopes is not None
     budgeted = ("X-Budget-Remaining-USD",) if "budget_exceeded" in declared.errors.get(402, ()) else ()
+    replayed = ("Idempotent-Replayed",) if declared.idempotent else ()
     scopes = f"\n\nScope: {' or '.join(declared.scopes)}." if keyed else ""
     described: dict[str, Any] = {
         "operationId": declared.operation_id,
@@ -255,9 +278,10 @@ def _operation_object(declared: Operation) -> dict:
         "tags": list(declared.tags),
         "security": [{SECURITY_SCHEME: []}] if keyed else [],
         "responses": {
-            **{str(status): _success_response(response, keyed, budgeted)
+            **{str(status): _success_response(response, keyed, budgeted + replayed)
                for status, response in declared.responses.items()},
-            **{str(status): _error_response(status, codes, keyed, budgeted) for status, codes in declared.errors.items()},
+            **{str(status): _error_response(status, codes, keyed, budgeted)
+               for status, codes in declared.errors.items()},
         },
     }
     parameters = []
@@ -266,6 +290,8 @@ def _operation_object(declared: Operation) -> dict:
     if declared.query is not None:
         parameters.append({"in": "query", "schema": declared.query})
     parameters += [dict(p) for p in declared.query_parameters]
+    if declared.idempotent:
+        parameters.append(IDEMPOTENCY_KEY_PARAMETER)
     if parameters:
         described["parameters"] = parameters
     if declared.body is not None:

@@ -11,7 +11,7 @@ from ..jsonutil import json_response
 from ..keys import storage_key
 from ..llm import call_context, tasks
 from ..llm.gateway import CHARS_PER_TOKEN
-from ..openapi import LLM, NOT_FOUND, STORAGE, Response, body_key, merge_errors, operation, query_key
+from ..openapi import LLM, NOT_FOUND, Response, STORAGE, body_key, idempotent, merge_errors, operation, query_key
 from ..schemas import (CourseCreateSchema, CourseDetailSchema, CoursePageSchema, CourseSchema, CourseUpdateSchema,
                        GenerateStructureSchema,
                        LessonSchema, PageQuerySchema, StructureInputSchema, StructureSchema)
@@ -27,6 +27,7 @@ def _course_id(request: web.Request):
     return path_uuid(request, "course_id", "Course")
 
 
+@idempotent
 @operation("create_course", summary="Create a course", tags=TAGS, scopes=("prep",),
            body=CourseCreateSchema, body_example={"title": "Algebra", "description": "Linear equations"},
            responses={201: Response("The new course", CourseSchema, location=True)})
@@ -94,6 +95,7 @@ async def put_structure(request: web.Request) -> web.Response:
     return json_response(structure)
 
 
+@idempotent
 @operation("generate_structure", summary="Generate a course's modules and lessons with the LLM", tags=TAGS,
            scopes=("prep",),
            description="From the course's title and description, its plain-text, Markdown and PDF materials "

@@ -11,7 +11,7 @@ from ..jsonutil import dumps, json_response
 from ..keys import request_id_key
 from ..llm import call_context, tasks
 from ..llm.gateway import LLMStream, classify, non_blank
-from ..openapi import LLM, Response, body_key, operation
+from ..openapi import LLM, Response, body_key, idempotent, operation
 from ..schemas import (GptRequestSchema, GptResponseSchema, ImproveRequestSchema, ImproveSchema,
                        PresentationRequestSchema, PresentationSchema)
 
@@ -35,6 +35,7 @@ def sse(event: str, data) -> bytes:
     return f"event: {event}\ndata: {dumps(data)}\n\n".encode()
 
 
+@idempotent
 @operation("ask_llm", summary="Ask the LLM (JSON, or a server-sent event stream)", tags=TAGS, scopes=("prep",),
            description="With `\"stream\": true` the answer is `text/event-stream`: `delta` events "
                        "`{\"text\"}`, then one `done` event `{\"model\", \"usage\", \"cost_usd\"}`, or an "
@@ -82,6 +83,7 @@ async def _stream(request: web.Request, stream: LLMStream) -> web.StreamResponse
     return response
 
 
+@idempotent
 @operation("generate_presentation", summary="Draft lecture slides on a topic", tags=TAGS, scopes=("prep",),
            body=PresentationRequestSchema, body_example={"topic": "Linear equations", "num_slides": 5},
            errors=LLM, responses={200: Response("The slides", PresentationSchema)})
@@ -93,6 +95,7 @@ async def presentation(request: web.Request) -> web.Response:
     return json_response({"slides": answer.value})
 
 
+@idempotent
 @operation("improve_text", summary="Improve a text (clarity, correctness, structure)", tags=TAGS, scopes=("prep",),
            body=ImproveRequestSchema, body_example={"text": "linear equation is when x is to the first power"},
            errors=LLM, responses={200: Response("The improved text", ImproveSchema)})

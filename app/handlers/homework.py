@@ -10,13 +10,14 @@ from ..db import acquire
 from ..errors import ValidationFailed
 from ..jsonutil import json_response
 from ..llm import call_context, tasks
-from ..openapi import LLM, NOT_FOUND, Response, body_key, merge_errors, operation, path_key
+from ..openapi import LLM, NOT_FOUND, Response, body_key, idempotent, merge_errors, operation, path_key
 from ..schemas import HomeworkAttemptSchema, HomeworkRequestSchema, ProgressSchema, StudentPathSchema
 from .common import path_uuid
 
 TAGS = ["homework"]
 
 
+@idempotent
 @operation("check_homework", summary="Check a homework submission with the LLM", tags=TAGS, scopes=("check",),
            description="Scores the submission 0-100 against the lesson; `passed` when the score reaches the "
                        "lesson's `pass_score` (60 unless the lesson sets one). Every attempt is kept.",

@@ -1,0 +1,137 @@
+"""Idempotency-Key: a repeat gets the first answer and does nothing again (no second
+course, no second provider call or bill); another request with the key is 422; one
+arriving while the first runs waits for its answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.support.llm_accounting import llm_calls
+
+GPT = {"prompt": "Explain recursion briefly", "max_tokens": 50}
+
+
+def keyed(auth: dict, key: str) -> dict:
+    return {**auth, "Idempotency-Key": key}
+
+
+async def test_a_repeat_replays_the_answer_without_calling_the_provider_again(client, factory, db, fresh_llm):
+    tenant, auth = await factory.tenant_with_key()
+    first = await client.post("/api/v1/gpt", json=GPT, headers=keyed(auth, "retry-1"))
+    assert first.status == 200 and "Idempotent-Replayed" not in first.headers
+    again = await client.post("/api/v1/gpt", json={"max_tokens": 50, "prompt": GPT["prompt"]},
+                              headers=keyed(auth, "retry-1"))  # the same request, its fields in another order
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert await again.read() == await first.read()
+    assert again.headers["Content-Type"] == first.headers["Content-Type"]
+    assert len(fresh_llm.requests()) == 1
+    assert len(await llm_calls(db, tenant["id"], count=2, timeout=1)) == 1
+
+
+async def test_a_created_course_is_created_once(client, factory, db):
+    tenant, auth = await factory.tenant_with_key()
+    answers = [await client.post("/api/v1/courses", json={"title": "Once"}, headers=keyed(auth, "course-1"))
+               for _ in range(3)]
+    assert [a.status for a in answers] == [201, 201, 201]
+    bodies = [await a.json() for a in answers]
+    assert bodies[0] == bodies[1] == bodies[2]
+    assert answers[2].headers["Location"] == answers[0].headers["Location"]
+    assert await db.fetchval("SELECT count(*) FROM courses WHERE tenant_id = $1", tenant["id"]) == 1
+
+
+async def test_the_same_key_for_another_request_is_422(client, factory):
+    _, auth = await factory.tenant_with_key()
+    assert (await client.post("/api/v1/courses", json={"title": "A"}, headers=keyed(auth, "k"))).status == 201
+    resp = await client.post("/api/v1/courses", json={"title": "B"}, headers=keyed(auth, "k"))
+    assert resp.status == 422 and (await resp.json())["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_keys_belong_to_their_tenant(client, factory, db):
+    one, auth_one = await factory.tenant_with_key()
+    two, auth_two = await factory.tenant_with_key()
+    for auth in (auth_one, auth_two):
+        assert (await client.post("/api/v1/courses", json={"title": "Mine"}, headers=keyed(auth, "shared"))).status == 201
+    for tenant in (one, two):
+        assert await db.fetchval("SELECT count(*) FROM courses WHERE tenant_id = $1", tenant["id"]) == 1
+
+
+@pytest.mark.parametrize("value", ["", "x" * 256, "caf\u00e9", "tab\there"])
+async def test_a_malformed_key_is_422_and_nothing_is_done(client, factory, db, value):
+    tenant, auth = await factory.tenant_with_key()
+    resp = await client.post("/api/v1/courses", json={"title": "No"}, headers=keyed(auth, value))
+    assert resp.status == 422
+    assert "Idempotency-Key" in (await resp.json())["error"]["details"]
+    assert await db.fetchval("SELECT count(*) FROM courses WHERE tenant_id = $1", tenant["id"]) == 0
+
+
+async def test_a_streamed_request_with_a_key_is_422_before_any_call(client, factory, fresh_llm):
+    _, auth = await factory.tenant_with_key()
+    resp = await client.post("/api/v1/gpt", json={**GPT, "stream": True}, headers=keyed(auth, "s"))
+    assert resp.status == 422 and "stream" in (await resp.json())["error"]["message"]
+    assert fresh_llm.requests() == []
+
+
+async def test_a_failure_is_not_kept_and_the_key_may_be_used_again(make_client, factory, db, fresh_llm):
+    client = await make_client(LLM_MAX_RETRIES="0")
+    tenant, auth = await factory.tenant_with_key()
+    fresh_llm.script({"status": 500})
+    assert (await client.post("/api/v1/gpt", json=GPT, headers=keyed(auth, "f"))).status == 502
+    again = await client.post("/api/v1/gpt", json=GPT, headers=keyed(auth, "f"))
+    assert again.status == 200 and "Idempotent-Replayed" not in again.headers
+    assert len(fresh_llm.requests()) == 2
+
+
+async def test_a_claim_whose_worker_died_goes_stale(client, factory, db):
+    """A claim with no answer whose time is up (its worker stopped mid-request) frees the key."""
+    tenant, auth = await factory.tenant_with_key()
+    await db.execute("""INSERT INTO idempotency_keys (tenant_id, key, fingerprint, claimed_until)
+                        VALUES ($1, 'stale', '\\x00', now() - interval '1 second')""", tenant["id"])
+    resp = await client.post("/api/v1/courses", json={"title": "After a crash"}, headers=keyed(auth, "stale"))
+    assert resp.status == 201
+
+
+async def test_a_key_older_than_a_day_is_a_new_key(client, factory, db):
+    tenant, auth = await factory.tenant_with_key()
+    assert (await client.post("/api/v1/courses", json={"title": "Old"}, headers=keyed(auth, "day"))).status == 201
+    await db.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE tenant_id = $1",
+                     tenant["id"])
+    resp = await client.post("/api/v1/courses", json={"title": "New"}, headers=keyed(auth, "day"))
+    assert resp.status == 201 and "Idempotent-Replayed" not in resp.headers
+    assert await db.fetchval("SELECT count(*) FROM courses WHERE tenant_id = $1", tenant["id"]) == 2
+
+
+RUNS = 20
+CONCURRENT = 20
+
+
+async def test_concurrent_repeats_make_one_provider_call(client, factory, db, fresh_llm):
+    """20 requests with one key at once, in 20 runs: one provider call and one accounted row
+    per run, and 20 identical answers (the repeats wait for the first)."""
+    for run in range(RUNS):
+        fresh_llm.reset()
+        fresh_llm.script({"delay_s": 0.3})
+        tenant, auth = await factory.tenant_with_key()
+        answers = await asyncio.gather(*(client.post("/api/v1/gpt", json=GPT, headers=keyed(auth, f"run-{run}"))
+                                         for _ in range(CONCURRENT)))
+        bodies = [(a.status, await a.read()) for a in answers]
+        assert {status for status, _ in bodies} == {200}, (run, bodies[:3])
+        assert len({body for _, body in bodies}) == 1, run
+        assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers) == CONCURRENT - 1
+        assert len(fresh_llm.requests()) == 1, run
+        assert len(await llm_calls(db, tenant["id"], count=2, timeout=0.5)) == 1, run
+
+
+async def test_a_repeat_that_outwaits_the_first_gets_409_with_retry_after(client, factory, fresh_llm, monkeypatch):
+    from app import idempotency
+
+    monkeypatch.setattr(idempotency, "WAIT_S", 0.2)
+    _, auth = await factory.tenant_with_key()
+    fresh_llm.script({"delay_s": 0.8})
+    first = asyncio.ensure_future(client.post("/api/v1/gpt", json=GPT, headers=keyed(auth, "slow")))
+    await asyncio.sleep(0.2)
+    resp = await client.post("/api/v1/gpt", json=GPT, headers=keyed(auth, "slow"))
+    assert resp.status == 409 and int(resp.headers["Retry-After"]) > 0
+    assert (await resp.json())["error"]["code"] == "idempotency_in_progress"
+    assert (await first).status == 200
