@@ -251,22 +251,19 @@ def cmd_budget(kind: str, action: str) -> Callable:
     def command(args, settings):
         async def work(conn):
             ident = args.id
+            found = True
             if action != "show":
-                if not await budgets.set_budget(conn, kind, ident, args.usd if action == "set" else None):
-                    error, message = _UNKNOWN[kind]
-                    raise error(message.format(ident))
-                await change_in_force()
-            found = await budgets.statement(conn, kind, ident)
-            if found is None:
+                found = await budgets.set_budget(conn, kind, ident, args.usd if action == "set" else None)
+                if found:
+                    await change_in_force()
+            found = found and await budgets.statement(conn, kind, ident)
+            if not found:
                 error, message = _UNKNOWN[kind]
                 raise error(message.format(ident))
             return {f"{kind}_id": ident, **found}
         return asyncio.run(_with_connection(settings, work))
     command.__name__ = f"cmd_{kind}_budget_{action}"
     return command
-
-
-MAX_USAGE_DAYS = 366
 
 
 def _day(value: str) -> datetime.date:
@@ -282,8 +279,8 @@ def cmd_usage(args, settings):
     first = args.date_from or min(today.replace(day=1), last)
     if first > last:
         raise CommandError(f"--from {first} is after --to {last}")
-    if (last - first).days >= MAX_USAGE_DAYS:
-        raise CommandError(f"at most {MAX_USAGE_DAYS} days at a time")
+    if (last - first).days >= accounting.MAX_REPORT_DAYS:
+        raise CommandError(f"at most {accounting.MAX_REPORT_DAYS} days at a time")
     return asyncio.run(_with_connection(settings, lambda c: accounting.usage_report(c, first, last)))
 
 

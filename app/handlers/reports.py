@@ -15,7 +15,6 @@ from ..openapi import Response, operation, query_key
 from ..schemas import CostQuerySchema, CostReportSchema, MonthlyUsageSchema
 
 DEFAULT_DAYS = 30
-MAX_DAYS = 366
 
 
 @operation("get_cost_report", summary="LLM calls, tokens and cost of the tenant", tags=["reports"],
@@ -29,8 +28,9 @@ async def cost_report(request: web.Request) -> web.Response:
     first = query["date_from"] or last - datetime.timedelta(days=DEFAULT_DAYS - 1)
     if first > last:
         raise ValidationFailed("`from` is after `to`.", details={"from": ["Must not be after `to`."]})
-    if (last - first).days >= MAX_DAYS:
-        raise ValidationFailed("The range is too long.", details={"from": [f"At most {MAX_DAYS} days per report."]})
+    if (last - first).days >= accounting.MAX_REPORT_DAYS:
+        raise ValidationFailed("The range is too long.",
+                               details={"from": [f"At most {accounting.MAX_REPORT_DAYS} days per report."]})
     async with acquire(request) as conn:
         report = await accounting.cost_report(conn, caller(request).tenant_id, first, last, query["group_by"])
     return json_response(report)

@@ -17,6 +17,8 @@ import asyncpg
 log = logging.getLogger("app.llm")
 
 RECORD_TIMEOUT_S = 5.0
+# The most UTC days one report covers (the tenant's cost report, the operator's usage).
+MAX_REPORT_DAYS = 366
 
 GROUPS = {
     "day": "to_char(c.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
