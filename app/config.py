@@ -234,6 +234,24 @@ def _sentry_dsn(value: str) -> str:
     return value
 
 
+_TELEGRAM_TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{20,100}")
+_TELEGRAM_CHAT = re.compile(r"-?[0-9]{1,20}|@[A-Za-z][A-Za-z0-9_]{4,31}")
+
+
+@accepts("a bot token as @BotFather gives it: `<bot id>:<secret>`")
+def _telegram_token(value: str) -> str:
+    if not _TELEGRAM_TOKEN.fullmatch(value):
+        raise ValueError("is not a Telegram bot token (<digits>:<secret>)")
+    return value
+
+
+@accepts("a chat id (digits, `-` first for groups and channels) or a channel's `@username`")
+def _telegram_chat(value: str) -> str:
+    if not _TELEGRAM_CHAT.fullmatch(value):
+        raise ValueError(f"is not a Telegram chat id or @channel: {_shown(value)}")
+    return value
+
+
 @accepts("a bucket name as botocore takes it: letters, digits, `.`, `-`, `_`; 1 to 255")
 def _bucket(value: str) -> str:
     if not VALID_BUCKET.fullmatch(value):  # botocore refuses every request to such a bucket
@@ -294,7 +312,8 @@ def _networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network
 # --- the declarations ---------------------------------------------------------
 
 # The docs' sections, in this order.
-GROUPS = ("Database and keys", "Storage (S3)", "Uploads", "LLM providers", "HTTP and logging", "Error tracking")
+GROUPS = ("Database and keys", "Storage (S3)", "Uploads", "LLM providers", "HTTP and logging", "Error tracking",
+          "Operator alerts")
 
 
 @dataclass(frozen=True)
@@ -391,6 +410,13 @@ def _fallback_complete(values: Mapping[str, Any]) -> None:
         raise ConfigError("LLM_FALLBACK_BASE_URL", "is required when LLM_FALLBACK_MODEL is set")
 
 
+def _telegram_complete(values: Mapping[str, Any]) -> None:
+    if values["telegram_bot_token"] and not values["telegram_chat_id"]:
+        raise ConfigError("TELEGRAM_CHAT_ID", "is required when TELEGRAM_BOT_TOKEN is set")
+    if values["telegram_chat_id"] and not values["telegram_bot_token"]:
+        raise ConfigError("TELEGRAM_BOT_TOKEN", "is required when TELEGRAM_CHAT_ID is set")
+
+
 def _upload_fits_in_parts(values: Mapping[str, Any]) -> None:
     most = values["s3_part_bytes"] * S3_MAX_PARTS
     if values["max_upload_bytes"] > most:
@@ -406,6 +432,7 @@ _UPLOADS = "Uploads"
 _LLM = "LLM providers"
 _HTTP = "HTTP and logging"
 _ERRORS = "Error tracking"
+_ALERTS = "Operator alerts"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -433,6 +460,7 @@ class Settings(DatabaseSettings):
              "`LLM_FALLBACK_MODEL` only with them.", _fallback_complete),
         Rule(f"`MAX_UPLOAD_BYTES` is at most `S3_PART_BYTES` x {S3_MAX_PARTS:,} (the most parts S3 takes in one "
              "upload): raise `S3_PART_BYTES` for larger files.", _upload_fits_in_parts),
+        Rule("`TELEGRAM_BOT_TOKEN` and `TELEGRAM_CHAT_ID` are set together or not at all.", _telegram_complete),
     )
 
     s3_bucket: str = setting(
@@ -529,6 +557,15 @@ class Settings(DatabaseSettings):
     sentry_environment: str | None = setting(
         "SENTRY_ENVIRONMENT", _text, "The environment the reports are filed under.", group=_ERRORS,
         shown_default="Sentry's own (`production`)")
+    telegram_bot_token: str | None = setting(
+        "TELEGRAM_BOT_TOKEN", _telegram_token, "The bot that tells the operator when a tenant passes 80 % and 100 % "
+        "of its monthly LLM budget (on the appliance: Netdata's bot).", group=_ALERTS, secret=True,
+        shown_default="unset: no budget messages (the alerts wait in the database a day)")
+    telegram_chat_id: str | None = setting(
+        "TELEGRAM_CHAT_ID", _telegram_chat, "The chat the bot writes to.", group=_ALERTS)
+    telegram_api_url: str = setting(
+        "TELEGRAM_API_URL", _http_url, "The Telegram Bot API (a self-hosted Bot API server, say).", group=_ALERTS,
+        default="https://api.telegram.org")
 
 
 def encryption_keys_from_env(env: Mapping[str, str] | None = None) -> tuple[str, ...]:

@@ -16,6 +16,12 @@ again, as nothing was created or kept. A claim whose worker died holds the key o
 until ``CLAIM_S`` after it was made. The fingerprint is the method, the path, the query
 and the body as validated (so key order and spacing do not matter). A streamed answer
 cannot be replayed: a streamed request with a key is 422.
+
+An upload's file is part of its request, but known only once it has streamed: the claim
+holds the method and path, and the stored answer the file's name, type and SHA-256 as
+the handler noted them (``note_content``). A repeat of a finished upload has its file
+read and hashed without storing it (the operation's ``content_digest``): the same file
+replays the answer, another is 422.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ ON CONFLICT (tenant_id, key) DO UPDATE
 RETURNING true
 """
 READ_SQL = "SELECT fingerprint, status, headers, body FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"
-STORE_SQL = """UPDATE idempotency_keys SET status = $4, headers = $5, body = $6
+STORE_SQL = """UPDATE idempotency_keys SET status = $4, headers = $5, body = $6, fingerprint = $7
                WHERE tenant_id = $1 AND key = $2 AND fingerprint = $3 AND status IS NULL"""
 DROP_SQL = "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND fingerprint = $3 AND status IS NULL"
 SWEEP_SQL = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
@@ -86,6 +92,18 @@ def fingerprint(request: web.Request) -> bytes:
     query = request.get(query_key)
     text = json.dumps([request.method, request.path, query, body], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).digest()
+
+
+_content_key = web.RequestKey("idempotent_content", bytes)
+
+
+def note_content(request: web.Request, digest: bytes) -> None:
+    """An upload's handler: what it stored (its ``content_digest`` of a repeat must match)."""
+    request[_content_key] = digest
+
+
+def _with_content(mark: bytes, content: bytes) -> bytes:
+    return hashlib.sha256(mark + content).digest()
 
 
 def _replay(row) -> web.Response:
@@ -118,6 +136,9 @@ async def idempotency_middleware(request: web.Request, handler) -> web.StreamRes
         if row is None:  # dropped meanwhile (the first failed): claim it again
             continue
         if bytes(row["fingerprint"]) != mark:
+            if (row["status"] is not None and declared.content_digest is not None
+                    and _with_content(mark, await declared.content_digest(request)) == bytes(row["fingerprint"])):
+                return _replay(row)
             raise KeyReused("This Idempotency-Key was used for another request in the last 24 hours; use a new "
                             "key for a new request.")
         if row["status"] is not None:
@@ -142,9 +163,14 @@ async def _run_claimed(request: web.Request, handler, tenant, key: str, mark: by
         return response
     headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
     body = response.body if isinstance(response.body, bytes) else bytes(response.body)
+    content = request.get(_content_key)
+    if operation_of(request.match_info.handler).content_digest is not None and content is None:
+        await asyncio.shield(_drop(pool, tenant, key, mark))  # nothing to compare a repeat's file with
+        return response
+    stored_mark = mark if content is None else _with_content(mark, content)
     try:
         async with acquire(request) as conn:
-            await conn.execute(STORE_SQL, tenant, key, mark, response.status, headers, body)
+            await conn.execute(STORE_SQL, tenant, key, mark, response.status, headers, body, stored_mark)
     except ApiError:
         # The answer is given all the same; a repeat finds the claim and, once it is
         # stale, runs again.

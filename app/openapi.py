@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 from apispec import APISpec
@@ -122,6 +122,8 @@ class Operation:
     query_parameters: tuple[Mapping[str, Any], ...] = ()  # described only (the handler reads them itself)
     path: type[Schema] | None = None
     idempotent: bool = False  # accepts Idempotency-Key (app/idempotency.py)
+    # An upload's: a repeat's file read and hashed (not stored), as the handler noted the first's.
+    content_digest: Callable[[web.Request], Awaitable[bytes]] | None = None
 
     # The schemas' instances, made once (validating reuses them for every request).
     @functools.cached_property
@@ -161,6 +163,19 @@ def idempotent(handler):
     handler.operation = dataclasses.replace(declared, idempotent=True,
                                             errors=merge_errors(declared.errors, IDEMPOTENT))
     return handler
+
+
+def idempotent_upload(content_digest: Callable[[web.Request], Awaitable[bytes]]):
+    """Above ``@operation`` of an upload: ``Idempotency-Key`` with the file as part of the
+    request. The handler notes what it stored (``idempotency.note_content``); a repeat of a
+    finished upload is compared by ``content_digest(request)``, which reads its file without
+    storing it."""
+    def mark(handler):
+        idempotent(handler)
+        handler.operation = dataclasses.replace(handler.operation, content_digest=content_digest)
+        return handler
+
+    return mark
 
 
 def operation_of(handler) -> Operation | None:

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import uuid
 
 from aiohttp import web
 
-from .. import courses, materials, metrics
+from .. import courses, idempotency, materials, metrics
 from ..auth import caller
 from ..config import Settings
 from ..db import acquire
 from ..errors import ApiError, BadRequest, PayloadTooLarge
 from ..jsonutil import json_response
 from ..keys import settings_key, storage_key
-from ..openapi import NOT_FOUND, STORAGE, UPLOAD, Response, merge_errors, operation
+from ..openapi import NOT_FOUND, STORAGE, UPLOAD, Response, idempotent_upload, merge_errors, operation
 from ..schemas import MaterialDetailSchema, MaterialListSchema, MaterialSchema
 from ..storage import Storage, StorageUnavailable
 from ..uploads import declared_file_bytes, incoming_file
@@ -47,6 +48,21 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The file is larger than the {limit} bytes allowed.")
 
 
+def _content_digest(filename: str, content_type: str, sha256: str) -> bytes:
+    """What an upload's Idempotency-Key is bound to besides its course: the file."""
+    return hashlib.sha256(json.dumps([filename, content_type, sha256]).encode()).digest()
+
+
+async def _repeat_digest(request: web.Request) -> bytes:
+    """A repeated upload's file read and hashed, not stored (app/idempotency.py)."""
+    limit = request.app[settings_key].max_upload_bytes
+    incoming = await incoming_file(request)
+    digest = hashlib.sha256()
+    await _stream(incoming, None, digest, limit)
+    return _content_digest(incoming.filename, incoming.content_type, digest.hexdigest())
+
+
+@idempotent_upload(_repeat_digest)
 @operation("upload_material", summary="Upload a material (streamed to storage)", tags=TAGS, scopes=("prep",),
            description="`multipart/form-data` with one `file` part, or the raw file with `?filename=` (as "
                        "`application/octet-stream` or with the file's own Content-Type: any type but a form is "
@@ -116,24 +132,30 @@ async def _store(request: web.Request, storage: Storage, settings: Settings, ten
         await asyncio.shield(upload.discard())
         raise
     upload.finished()
+    idempotency.note_content(request, _content_digest(incoming.filename, incoming.content_type, material["sha256"]))
     log.info("stored %s (%d bytes)", key, upload.size)
     return json_response(material, status=201,
                          headers={"Location": f"/api/v1/courses/{course_id}/materials/{material['id']}"})
 
 
 async def _stream(incoming, upload, digest, limit: int) -> None:
-    """The file into storage as it arrives, counted and hashed on the way."""
+    """The file into storage as it arrives (or, without an upload, nowhere), counted and
+    hashed on the way."""
+    size = 0
     try:
         async for chunk in incoming.chunks:
-            if upload.size + len(chunk) > limit:
+            size += len(chunk)
+            if size > limit:
                 raise _too_large(limit)
             digest.update(chunk)
-            metrics.upload_bytes.inc(len(chunk))
-            await upload.write(chunk)
+            if upload is not None:
+                metrics.upload_bytes.inc(len(chunk))
+                await upload.write(chunk)
     except (ConnectionError, asyncio.IncompleteReadError, web.HTTPException) as exc:
         raise BadRequest("The upload was interrupted before the whole file arrived.",
                          code="upload_incomplete") from exc
-    await upload.complete()
+    if upload is not None:
+        await upload.complete()
 
 
 @operation("list_materials", summary="List a course's materials", tags=TAGS, scopes=("prep", "check"),

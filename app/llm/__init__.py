@@ -10,6 +10,8 @@ from aiohttp import web
 
 from ..auth import caller
 from ..keys import db_pool_key, llm_key, settings_key
+from ..telegram import Bot
+from .budget_alerts import BudgetAlerts
 from .gateway import CallContext, Gateway
 
 
@@ -18,13 +20,23 @@ call_key: web.RequestKey[CallContext] = web.RequestKey("llm_calls", CallContext)
 
 async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     """One gateway (and connection pool) per worker, closed on shutdown; its budget
-    reservations tended meanwhile."""
-    gateway = app[llm_key] = Gateway(app[settings_key], app[db_pool_key])
-    tending = asyncio.create_task(gateway.budgets.run(), name="LLM budget reservations")
+    reservations tended meanwhile, and the budget alerts sent if there is a bot."""
+    settings = app[settings_key]
+    gateway = app[llm_key] = Gateway(settings, app[db_pool_key])
+    tasks = [asyncio.create_task(gateway.budgets.run(), name="LLM budget reservations")]
+    alerts = None
+    if settings.telegram_bot_token:
+        alerts = BudgetAlerts(app[db_pool_key], Bot(settings.telegram_api_url, settings.telegram_bot_token,
+                                                    settings.telegram_chat_id))
+        tasks.append(asyncio.create_task(alerts.run(), name="LLM budget alerts"))
     yield
-    tending.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await tending
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if alerts is not None:
+        await alerts.close()
     await gateway.close()
 
 

@@ -8,7 +8,8 @@ rows' locks (``llm_reserve``, migration 0009), so that concurrent calls on any w
 cannot pass a budget together. A call that does not fit is refused (402
 ``budget_exceeded``) before any provider is asked. The call's ``llm_calls`` row
 settles it in the row's own transaction: the reservation goes, the real cost stays
-(``accounting.record``). A failed call gives its reservation back.
+(``accounting.record``). A failed call gives its reservation back. The operator is told
+when a tenant passes 80 % and 100 % of its budget (``budget_alerts``).
 
 A reservation lives ``LLM_RESERVATION_TTL_S``; each worker extends those of its calls
 still running every third of it, and releases the ones nobody extended -- a worker
@@ -88,6 +89,10 @@ class Budgets:
                                       self.ttl_s)
         remaining = row["remaining_usd"]
         if row["reservation"] is None:
+            if row["refused_by"] == "tenant":  # the operator hears of it (once a month: budget_alerts)
+                self._later(self._execute("note that a tenant's LLM budget refused a call",
+                                          "SELECT llm_budget_refused($1, $2)", tenant_id, amount,
+                                          extra={"tenant_id": str(tenant_id)}))
             whose = "this API key's" if row["refused_by"] == "key" else "the tenant's"
             raise BudgetExceeded(
                 f"This call could cost up to {usd_text(amount)} USD, more than the {usd_text(remaining)} USD left "
@@ -107,15 +112,17 @@ class Budgets:
         """The call holding it has ended: if no row settled it, give it back (off the request path)."""
         if reservation.id in self._live:
             self._live.discard(reservation.id)
-            self._later(self._release(reservation.id))
+            self._later(self._execute("release an LLM budget reservation; it expires by itself",
+                                      "SELECT llm_release($1)", reservation.id,
+                                      extra={"reservation": str(reservation.id)}))
 
-    async def _release(self, reservation: uuid.UUID) -> None:
+    async def _execute(self, what: str, sql: str, *args: Any, extra: dict[str, Any]) -> None:
+        """Run one statement off the request path; log if it could not be done."""
         try:
             async with self._pool.acquire(timeout=RESERVE_TIMEOUT_S) as conn:
-                await conn.execute("SELECT llm_release($1)", reservation, timeout=RESERVE_TIMEOUT_S)
+                await conn.execute(sql, *args, timeout=RESERVE_TIMEOUT_S)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            log.warning("could not release an LLM budget reservation; it expires by itself",
-                        extra={"reservation": str(reservation)}, exc_info=True)
+            log.warning(f"could not {what}", extra=extra, exc_info=True)
 
     async def tend(self) -> list[dict[str, Any]]:
         """Extend this worker's live reservations; release everyone's expired ones (logged)."""

@@ -65,6 +65,10 @@ def test_values_are_parsed():
     # and an sslmode libpq does not know.
     ("DATABASE_URL", "postgresql://u:p@h/db?connect_timeout=5"), ("DATABASE_URL", "postgresql://u:p@h/db?sslmod=require"),
     ("DATABASE_URL", "postgresql://u:p@h/db?sslmode=verify"),
+    # A token or chat Telegram would refuse every message for (found out only when a tenant passes
+    # its budget, and then only in the log).
+    ("TELEGRAM_BOT_TOKEN", "not-a-token"), ("TELEGRAM_BOT_TOKEN", "123:short"), ("TELEGRAM_CHAT_ID", "the ops chat"),
+    ("TELEGRAM_CHAT_ID", "@ab"), ("TELEGRAM_API_URL", "api.telegram.org"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as caught:
@@ -106,6 +110,27 @@ def test_half_a_fallback_names_the_missing_half(given, missing):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**BASE, given: value})
     assert caught.value.variable == missing
+
+
+TOKEN = "1234567890:" + "A" * 35
+
+
+@pytest.mark.parametrize("given, missing", [({"TELEGRAM_BOT_TOKEN": TOKEN}, "TELEGRAM_CHAT_ID"),
+                                            ({"TELEGRAM_CHAT_ID": "-1001"}, "TELEGRAM_BOT_TOKEN")])
+def test_half_a_telegram_bot_names_the_missing_half(given, missing):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**BASE, **given})
+    assert caught.value.variable == missing
+
+
+def test_telegram_settings_are_parsed():
+    assert Settings.from_env(BASE).telegram_bot_token is None
+    settings = Settings.from_env({**BASE, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": "@course_ops",
+                                  "TELEGRAM_API_URL": "https://bots.example/"})
+    assert (settings.telegram_chat_id, settings.telegram_api_url) == ("@course_ops", "https://bots.example")
+    assert TOKEN not in repr(settings)
+    assert Settings.from_env({**BASE, "TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_CHAT_ID": "-1001000000001"}
+                             ).telegram_api_url == "https://api.telegram.org"
 
 
 def test_llm_settings_are_parsed(tmp_path):

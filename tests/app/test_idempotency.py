@@ -5,7 +5,10 @@ arriving while the first runs waits for its answer."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 
+import aiohttp
 import pytest
 
 from tests.support.llm_accounting import llm_calls
@@ -135,3 +138,79 @@ async def test_a_repeat_that_outwaits_the_first_gets_409_with_retry_after(client
     assert resp.status == 409 and int(resp.headers["Retry-After"]) > 0
     assert (await resp.json())["error"]["code"] == "idempotency_in_progress"
     assert (await first).status == 200
+
+
+# --- uploads: the file is part of the request ------------------------------------------------
+
+def _form(data: bytes, filename: str = "notes.pdf", content_type: str = "application/pdf") -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename=filename, content_type=content_type)
+    return form
+
+
+async def _stored_materials(db, tenant_id) -> list:
+    return await db.fetch("SELECT id, sha256 FROM materials WHERE tenant_id = $1", tenant_id)
+
+
+async def test_a_repeated_upload_is_stored_once_and_replayed(client, factory, db, make_course, s3, bucket):
+    tenant, auth = await factory.tenant_with_key()
+    course = await make_course(auth=auth)
+    data = os.urandom(300_000)
+    url = f"/api/v1/courses/{course['id']}/materials"
+    first = await client.post(url, data=_form(data), headers=keyed(auth, "upload-1"))
+    assert first.status == 201, await first.text()
+    again = await client.post(url, data=_form(data), headers=keyed(auth, "upload-1"))  # another boundary, same file
+    assert again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert await again.json() == await first.json() and again.headers["Location"] == first.headers["Location"]
+    raw = await client.post(f"{url}?filename=notes.pdf", data=data,  # the same file sent raw
+                            headers={**keyed(auth, "upload-1"), "Content-Type": "application/pdf"})
+    assert raw.status == 201 and raw.headers["Idempotent-Replayed"] == "true"
+    [material] = await _stored_materials(db, tenant["id"])
+    assert material["sha256"] == hashlib.sha256(data).hexdigest()
+    objects = s3.client().list_objects_v2(Bucket=bucket, Prefix=f"tenants/{tenant['id']}/").get("KeyCount")
+    assert objects == 1
+
+
+@pytest.mark.parametrize("change", ["content", "filename", "course"])
+async def test_the_key_of_an_upload_with_another_file_or_place_is_422(client, factory, db, make_course, change):
+    tenant, auth = await factory.tenant_with_key()
+    course, other_course = await make_course(auth=auth), await make_course(auth=auth)
+    data = os.urandom(10_000)
+    url = f"/api/v1/courses/{course['id']}/materials"
+    assert (await client.post(url, data=_form(data), headers=keyed(auth, "u"))).status == 201
+    second = {"content": (url, _form(data[:-1] + b"!")), "filename": (url, _form(data, filename="other.pdf")),
+              "course": (f"/api/v1/courses/{other_course['id']}/materials", _form(data))}[change]
+    resp = await client.post(second[0], data=second[1], headers=keyed(auth, "u"))
+    assert resp.status == 422 and (await resp.json())["error"]["code"] == "idempotency_key_reused"
+    assert len(await _stored_materials(db, tenant["id"])) == 1
+
+
+async def test_a_failed_upload_keeps_no_key(make_client, factory, db, make_course):
+    """A file too large is a 413 and nothing is kept, the key included: the retry with a
+    smaller file under the same key is stored."""
+    small = await make_client(MAX_UPLOAD_BYTES=str(50_000))
+    tenant, auth = await factory.tenant_with_key()
+    course = await make_course(auth=auth, client=small)
+    url = f"/api/v1/courses/{course['id']}/materials?filename=big.bin"
+    async def chunked():  # no Content-Length: found too large while streaming
+        for _ in range(6):
+            yield bytes(10_000)
+
+    assert (await small.post(url, data=chunked(), headers=keyed(auth, "big"))).status == 413
+    assert (await small.post(url, data=bytes(40_000), headers=keyed(auth, "big"))).status == 201
+    assert len(await _stored_materials(db, tenant["id"])) == 1
+
+
+async def test_concurrent_uploads_with_one_key_store_one_file(client, factory, db, make_course):
+    tenant, auth = await factory.tenant_with_key()
+    course = await make_course(auth=auth)
+    data = os.urandom(2_000_000)
+    url = f"/api/v1/courses/{course['id']}/materials"
+    answers = await asyncio.gather(*(client.post(url, data=_form(data), headers=keyed(auth, "together"))
+                                     for _ in range(8)))
+    statuses = [a.status for a in answers]
+    assert set(statuses) <= {201, 409} and statuses.count(201) >= 1, statuses
+    ids = {(await a.json())["id"] for a in answers if a.status == 201}
+    assert len(ids) == 1
+    assert [a.headers.get("Idempotent-Replayed") for a in answers if a.status == 201].count(None) == 1
+    assert len(await _stored_materials(db, tenant["id"])) == 1

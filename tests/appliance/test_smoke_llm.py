@@ -10,12 +10,14 @@ import json
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.localvps.layout import HOST_ADDRESS, LLM_PORT
 from tests.support import llm_server
 from tests.support.pdf import make_pdf
+from tests.support.telegram_log import messages_since
 
 TEST_SERVER = f"http://{HOST_ADDRESS}:{LLM_PORT}/v1"
 
@@ -106,9 +108,10 @@ def test_a_pdf_material_is_read_for_structure_generation(api, curl, vps, provide
         assert phrase in prompts, "the PDF's text should reach the provider"
 
 
-def test_a_tenant_over_its_budget_gets_402_through_nginx_and_sees_its_usage(host, curl):
+def test_a_tenant_over_its_budget_gets_402_through_nginx_and_sees_its_usage(host, curl, vps):
     """The budget path on the appliance (its PostgreSQL, migrations and nginx): a tenant whose
-    monthly budget is spent is refused before any provider is asked, with what is left."""
+    monthly budget is spent is refused before any provider is asked, with what is left; the
+    operator hears of it on Telegram (Netdata's bot, the fake Bot API on the host), once."""
     tenant = json.loads(host.check_output("course-supporter-admin tenant create 'Budget smoke' --json"))
     host.run_expect([0], f"course-supporter-admin tenant budget set {tenant['id']} --usd 0 --json")
     key = json.loads(host.check_output(f"course-supporter-admin key issue {tenant['id']} --json"))["key"]
@@ -118,3 +121,14 @@ def test_a_tenant_over_its_budget_gets_402_through_nginx_and_sees_its_usage(host
     assert headers["x-budget-remaining-usd"] == "0"
     status, usage = curl.json("/api/v1/usage", "-H", f"X-API-Key: {key}")
     assert status == 200 and (usage["budget_usd"], usage["spent_usd"], usage["calls"]) == (0.0, 0.0, 0)
+    deadline = time.monotonic() + 60  # a worker sends pending alerts every 10 s
+    while not (found := [m for m in messages_since(Path(vps["telegram_log"]), 0) if tenant["id"] in m["text"]]):
+        assert time.monotonic() < deadline, "no budget message reached the fake Bot API"
+        time.sleep(1)
+    [message] = found
+    assert message["text"].startswith("🔴 Course Supporter: tenant \"Budget smoke\"")
+    assert "has reached its LLM budget" in message["text"] and message["chat_id"] == "-1001000000001"
+    assert curl("/api/v1/gpt", "-H", f"X-API-Key: {key}", "-H", "Content-Type: application/json",
+                "--data", json.dumps({"prompt": "Again.", "max_tokens": 10}))[0] == 402
+    time.sleep(12)
+    assert len([m for m in messages_since(Path(vps["telegram_log"]), 0) if tenant["id"] in m["text"]]) == 1

@@ -63,7 +63,8 @@ def start_all(state: dict) -> None:
     _ensure(state, "s3", [sys.executable, "-m", "moto.server", "-H", HOST_ADDRESS, "-p", str(S3_PORT)],
             S3_PORT, env=S3_CREDENTIALS)
     ensure_bucket(S3_BUCKET)
-    cert, key = pki.ensure_server_cert("telegram", dns=[TELEGRAM_HOSTNAME])
+    # Netdata's curl reaches it as api.telegram.org (--connect-to), the app by its address.
+    cert, key = pki.ensure_server_cert("telegram-api", dns=[TELEGRAM_HOSTNAME], ips=[HOST_ADDRESS])
     TELEGRAM_LOG.touch()
     _ensure(state, "telegram", [sys.executable, "-m", "tests.localvps.telegram",
                                 "--listen", f"{HOST_ADDRESS}:{TELEGRAM_PORT}", "--cert", str(cert),
