@@ -133,6 +133,7 @@ class KeyCache:
         self._trusted_until = 0.0
         self.listening = False
         self.forgotten_keys: list = []  # callbacks: a key's entry was dropped (the rate limiter's slices)
+        self.changed: list = []  # callbacks: a notification came, or the cache is no longer trusted (budget slices)
 
     # -- reading ------------------------------------------------------------------
     def trusted(self) -> bool:
@@ -166,6 +167,7 @@ class KeyCache:
     def notified(self, payload: str) -> None:
         kind, _, value = payload.partition(":")
         self.generation += 1
+        self._tell_changed()
         if kind == "key":
             try:
                 key_hash = bytes.fromhex(value)
@@ -181,6 +183,7 @@ class KeyCache:
 
     def forget_all(self) -> None:
         self.generation += 1
+        self._tell_changed()
         self._unknown.clear()
         self._drop(list(self._known))
 
@@ -198,6 +201,11 @@ class KeyCache:
     def distrust(self) -> None:
         self.listening = False
         self._trusted_until = 0.0
+        self._tell_changed()
+
+    def _tell_changed(self) -> None:
+        for callback in self.changed:
+            callback()
 
 
 class Listener:

@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from ..auth import caller
+from ..auth import auth_key, caller
 from ..keys import db_pool_key, llm_key, settings_key
 from ..telegram import Bot
 from .budget_alerts import BudgetAlerts
@@ -23,6 +23,7 @@ async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     reservations tended meanwhile, and the budget alerts sent if there is a bot."""
     settings = app[settings_key]
     gateway = app[llm_key] = Gateway(settings, app[db_pool_key])
+    gateway.budgets.watch(app[auth_key].cache)
     tasks = [asyncio.create_task(gateway.budgets.run(), name="LLM budget reservations")]
     alerts = None
     if settings.telegram_bot_token:

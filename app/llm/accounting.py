@@ -49,19 +49,26 @@ _FIELDS = list(LLMCall.__dataclass_fields__)
 _INSERT = f"""WITH call AS (INSERT INTO llm_calls ({', '.join(_FIELDS)})
                             VALUES ({', '.join(f'${n}' for n in range(1, len(_FIELDS) + 1))}))
               SELECT llm_settle($1, $2, ${_FIELDS.index('cost_usd') + 1}, ${len(_FIELDS) + 1})"""
+# A call that ran on a budget slice: its cost is charged to the slice first (migration 0013).
+_INSERT_CHARGED = _INSERT.replace("SELECT llm_settle(", f"SELECT llm_charge(${len(_FIELDS) + 2}, "
+                                                       f"${_FIELDS.index('cost_usd') + 1}), llm_settle(")
 
 
-async def record(pool: asyncpg.Pool, call: LLMCall, reservation: uuid.UUID | None = None) -> None:
+async def record(pool: asyncpg.Pool, call: LLMCall, reservation: uuid.UUID | None = None,
+                 budget_slice: uuid.UUID | None = None) -> None:
     """Store the call, count its cost in the month's spend, release the budget reservation
-    it settles (if any), and log it. The tokens are spent either way: a database that
-    cannot take the row costs the row (logged in full), not the caller's answer; the
-    reservation then expires by itself."""
+    it settles or charge the budget slice it ran on (if any), and log it. The tokens are
+    spent either way: a database that cannot take the row costs the row (logged in full),
+    not the caller's answer; the reservation then expires by itself."""
     fields = asdict(call)
     log.info("llm call %s %s via %s: %s", call.endpoint, call.model, call.provider, call.outcome,
              extra={"llm": {k: str(v) if isinstance(v, (uuid.UUID, Decimal)) else v for k, v in fields.items()}})
     try:
         async with pool.acquire(timeout=RECORD_TIMEOUT_S) as conn:
-            await conn.execute(_INSERT, *fields.values(), reservation, timeout=RECORD_TIMEOUT_S)
+            if budget_slice is None:
+                await conn.execute(_INSERT, *fields.values(), reservation, timeout=RECORD_TIMEOUT_S)
+            else:
+                await conn.execute(_INSERT_CHARGED, *fields.values(), None, budget_slice, timeout=RECORD_TIMEOUT_S)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
         log.exception("could not record an LLM call in llm_calls (the log line above has its figures)")
 
@@ -74,14 +81,16 @@ class Recorder:
         self._pool = pool
         self._pending: set[asyncio.Task] = set()
 
-    def submit(self, call: LLMCall, reservation: uuid.UUID | None = None) -> None:
-        self.later(record(self._pool, call, reservation))
+    def submit(self, call: LLMCall, reservation: uuid.UUID | None = None,
+               budget_slice: uuid.UUID | None = None) -> asyncio.Task:
+        return self.later(record(self._pool, call, reservation, budget_slice))
 
-    def later(self, work: Coroutine) -> None:
+    def later(self, work: Coroutine) -> asyncio.Task:
         """Run ``work`` off the request path; shutdown waits for it."""
         task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def drain(self, timeout: float = 10.0) -> None:
         if self._pending:

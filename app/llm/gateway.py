@@ -246,6 +246,8 @@ class Gateway:
 
     async def close(self) -> None:
         await self.recorder.drain()
+        await self.budgets.close()
+        await self.recorder.drain()
         await self._http.aclose()
         await self._tenant_http.aclose()
 
@@ -338,8 +340,10 @@ class CallContext:
             model=model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             usage_estimated=usage.estimated, cost_usd=cost, latency_ms=round(seconds * 1000),
             attempts=attempts, outcome=outcome, error=error)
-        self.gateway.recorder.submit(call, reservation.id)
-        self.gateway.budgets.done(reservation)
+        on_slice = reservation.open and reservation.slice is not None
+        settling = self.gateway.recorder.submit(call, reservation.id if reservation.open and not on_slice else None,
+                                                reservation.id if on_slice else None)
+        self.gateway.budgets.done(reservation, cost, settling)
         metrics.observe_llm_call(provider.kind, self.gateway.model_label(model), outcome, attempts,
                                  usage.input_tokens, usage.output_tokens, float(cost), seconds)
         return cost

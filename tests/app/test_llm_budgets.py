@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from app.keycache import change_in_force
+from app.keys import llm_key
 from app.llm import budgets
 from app.llm.budgets import prompt_tokens_bound
 from app.llm.prices import PriceTable
@@ -39,8 +40,13 @@ def worst_case(model: str, messages, max_tokens: int | None, prices: PriceTable 
     return prices.cost(model, prompt_tokens_bound(messages), max_tokens or prices.max_output(model))
 
 
-async def settled(db, tenant_id, timeout: float = 10.0) -> dict:
-    """The tenant's spend row once no reservation of it is left (the rows settle in the background)."""
+async def settled(db, tenant_id, client=None, timeout: float = 10.0) -> dict:
+    """The tenant's spend row once no reservation of it is left (the rows settle in the
+    background), after the in-process app ``client`` gave back its budget slices."""
+    if client is not None:
+        gateway = client.server.app[llm_key]
+        await gateway.budgets.close()
+        await gateway.recorder.drain()
     deadline = time.monotonic() + timeout
     while True:
         row = await db.fetchrow("SELECT * FROM tenant_spend WHERE tenant_id = $1", tenant_id)
@@ -75,7 +81,7 @@ async def test_a_call_reserves_its_worst_case_and_settles_to_its_cost(client, fa
     worst = worst_case("gpt-4o-mini", MESSAGES, 100)
     assert Decimal(resp.headers[HEADER]) == Decimal("1.00") - worst
     [call] = await llm_calls(db, tenant["id"])
-    spend = await settled(db, tenant["id"])
+    spend = await settled(db, tenant["id"], client)
     assert spend["spent_usd"] == call["cost_usd"] > 0 and spend["calls"] == 1
     assert call["cost_usd"] <= worst
     resp = await client.get("/api/v1/usage", headers=auth)
@@ -141,7 +147,7 @@ async def test_a_call_that_fails_gives_its_reservation_back(make_client, factory
     assert resp.status == status
     [call] = await llm_calls(db, tenant["id"])
     assert call["outcome"] == outcome
-    spend = await settled(db, tenant["id"])
+    spend = await settled(db, tenant["id"], client)
     assert spend["spent_usd"] == 0 and spend["calls"] == 1
 
 
@@ -156,8 +162,71 @@ async def test_a_stream_the_client_leaves_settles_to_what_was_generated(client, 
     resp.close()
     [call] = await llm_calls(db, tenant["id"], timeout=10)
     assert call["outcome"] == "cancelled"
-    spend = await settled(db, tenant["id"])
+    spend = await settled(db, tenant["id"], client)
     assert spend["spent_usd"] == call["cost_usd"] > 0
+
+
+# --- slices: calls admitted without a statement of their own ----------------------------
+
+async def test_calls_run_on_a_slice_of_the_budget(client, factory, db, fresh_llm):
+    """With plenty left, the first call's reservation is a slice (1 % of the budget) and the
+    next calls are admitted from it: one reservation for five calls, each call's cost
+    charged to it, and each answer's header exact all the same."""
+    tenant, auth = await factory.tenant_with_key()
+    await set_budget(db, "tenant", tenant["id"], "100.00")
+    worst = worst_case("gpt-4o-mini", MESSAGES, 100)
+    headers = []
+    for _ in range(5):
+        resp = await client.post("/api/v1/gpt", json={"prompt": PROMPT, "max_tokens": 100}, headers=auth)
+        assert resp.status == 200, await resp.text()
+        headers.append(Decimal(resp.headers[HEADER]))
+    calls = await llm_calls(db, tenant["id"], count=5)
+    costs = [c["cost_usd"] for c in calls]
+    assert headers == [Decimal("100.00") - sum(costs[:i], Decimal(0)) - worst for i in range(5)]
+    [piece] = await db.fetch("SELECT * FROM llm_reservations WHERE tenant_id = $1", tenant["id"])
+    assert piece["amount_usd"] == Decimal("1.00") - sum(costs)
+    spend = await db.fetchrow("SELECT * FROM tenant_spend WHERE tenant_id = $1", tenant["id"])
+    assert spend["spent_usd"] == sum(costs) and spend["spent_usd"] + spend["reserved_usd"] == Decimal("1.00")
+    spend = await settled(db, tenant["id"], client)  # the worker gives its slice back (here: at shutdown)
+    assert spend["spent_usd"] == sum(costs) and spend["reserved_usd"] == 0
+
+
+async def test_a_call_that_does_not_fit_the_slice_in_hand_reserves_anew(client, factory, db, fresh_llm):
+    """A slice of 0.02 USD holds the worst cases of two calls at once (no max_tokens: the
+    model's output cap); a third call running beside them takes a reservation of its own."""
+    tenant, auth = await factory.tenant_with_key()
+    await set_budget(db, "tenant", tenant["id"], "2.00")
+    fresh_llm.script(*[{"chunk_delay_s": 0.3, "content": " ".join(f"w{i}" for i in range(20))}] * 3)
+    running = []
+    for _ in range(3):
+        resp = await client.post("/api/v1/gpt", json={"prompt": PROMPT, "stream": True}, headers=auth)
+        assert resp.status == 200
+        await resp.content.readuntil(b"\n\n")
+        running.append(resp)
+    held = await db.fetch("SELECT amount_usd FROM llm_reservations WHERE tenant_id = $1 ORDER BY created_at",
+                          tenant["id"])
+    worst = worst_case("gpt-4o-mini", MESSAGES, None)
+    assert [r["amount_usd"] for r in held] == [Decimal("0.02"), Decimal("0.02")] and 2 * worst <= Decimal("0.02")
+    for resp in running:
+        await resp.read()
+    calls = await llm_calls(db, tenant["id"], count=3)
+    spend = await settled(db, tenant["id"], client)
+    assert spend["spent_usd"] == sum(c["cost_usd"] for c in calls) and spend["calls"] == 3
+
+
+async def test_a_budget_change_retires_the_slices_before_it_is_in_force(client, factory, db, fresh_llm):
+    """A worker admits nothing from a slice taken before a budget change: once the change's
+    command has returned, the next call is judged by the new budget."""
+    tenant, auth = await factory.tenant_with_key()
+    await set_budget(db, "tenant", tenant["id"], "100.00")
+    assert (await client.post("/api/v1/gpt", json={"prompt": PROMPT, "max_tokens": 100}, headers=auth)).status == 200
+    assert await db.fetchval("SELECT amount_usd FROM llm_reservations WHERE tenant_id = $1", tenant["id"]) > 0
+    await set_budget(db, "tenant", tenant["id"], "0.00")
+    resp = await client.post("/api/v1/gpt", json={"prompt": PROMPT, "max_tokens": 100}, headers=auth)
+    assert resp.status == 402
+    [call] = await llm_calls(db, tenant["id"])
+    spend = await settled(db, tenant["id"])  # released by the worker itself, on the change's notification
+    assert spend["spent_usd"] == call["cost_usd"] and spend["reserved_usd"] == 0
 
 
 # --- concurrency: 0 overspend ----------------------------------------------------------
@@ -171,39 +240,60 @@ BUDGET = Decimal("3.00")
 DEAR = {"gpt-4o-mini": {"input_per_1m": 1, "output_per_1m": 5000}}
 
 
-async def test_concurrent_calls_never_spend_past_the_budget(make_client, factory, db, fresh_llm, tmp_path):
+@pytest.mark.parametrize("rounds, calls, budget, spread_s", [
+    (ROUNDS, CALLS, BUDGET, 0),  # 1 % of the budget is less than a call: each call reserves for itself
+    # Slices of about three calls until a quarter of the budget is left, the calls coming
+    # over two seconds so that they share them.
+    (5, 400, Decimal("30.00"), 2.0),
+], ids=["exact", "sliced"])
+async def test_concurrent_calls_never_spend_past_the_budget(make_client, factory, db, fresh_llm, tmp_path, rounds,
+                                                            calls, budget, spread_s, monkeypatch):
     """100 concurrent calls per round, streamed and not, the provider answering at max_tokens,
     failing or breaking off mid-stream, against a budget that fits a fraction of them: in
     every round the settled spend stays within the budget, every call admitted leaves one
     settled row, and a call was refused only when its worst case did not fit what was left."""
+    statements = [0]  # the reservations taken in the database (the rest came from slices)
+    pooled = budgets.pooled
+
+    def counted(pool):
+        statements[0] += 1
+        return pooled(pool)
+
+    monkeypatch.setattr(budgets, "pooled", counted)
     prices_file = tmp_path / "prices.json"
     prices_file.write_text(json.dumps(DEAR))
     client = await make_client(LLM_PRICES=str(prices_file), LLM_MAX_RETRIES="0")
     prices = PriceTable({m: (p["input_per_1m"], p["output_per_1m"]) for m, p in DEAR.items()})
     rng = random.Random(20261203)
-    for round_ in range(ROUNDS):
+    for round_ in range(rounds):
         fresh_llm.reset()
         fresh_llm.script(*(rng.choice([{"fill_max_tokens": True}] * 3 + [{"break_after_words": 5}, {"status": 500}])
-                           for _ in range(CALLS)))
+                           for _ in range(calls)))
         tenant, auth = await factory.tenant_with_key()
-        await set_budget(db, "tenant", tenant["id"], str(BUDGET))
+        await set_budget(db, "tenant", tenant["id"], str(budget))
+
+        starts = [rng.random() * spread_s for _ in range(calls)]
 
         async def call(i: int):
+            await asyncio.sleep(starts[i])
             body = {"prompt": f"question {round_}.{i}", "max_tokens": MAX_TOKENS, "stream": i % 2 == 0}
             resp = await client.post("/api/v1/gpt", json=body, headers=auth)
             text = await resp.text()
             return resp.status, text
 
-        results = await asyncio.wait_for(asyncio.gather(*(call(i) for i in range(CALLS))), timeout=60)
+        results = await asyncio.wait_for(asyncio.gather(*(call(i) for i in range(calls))), timeout=60)
         refused = [json.loads(text)["error"] for status, text in results if status == 402]
         admitted = [r for r in results if r[0] != 402]
         assert all(e["details"]["needed_usd"] > e["details"]["remaining_usd"] for e in refused), round_
         worst = worst_case("gpt-4o-mini", [{"role": "user", "content": f"question {round_}.99"}], MAX_TOKENS, prices)
-        assert len(admitted) >= int(BUDGET / worst), (round_, len(admitted))
+        assert len(admitted) >= int(budget / worst), (round_, len(admitted))
+        if spread_s:
+            assert statements[0] < len(admitted) + len(refused), (round_, statements[0])  # slices were shared
+        statements[0] = 0
         rows = await llm_calls(db, tenant["id"], count=len(admitted), timeout=10)
-        spend = await settled(db, tenant["id"])
+        spend = await settled(db, tenant["id"], client)
         assert len(rows) == len(admitted) == spend["calls"], round_
-        assert spend["spent_usd"] == sum(r["cost_usd"] for r in rows) <= BUDGET, round_
+        assert spend["spent_usd"] == sum(r["cost_usd"] for r in rows) <= budget, round_
 
 
 # --- a worker that dies mid-call ---------------------------------------------------------

@@ -8,8 +8,8 @@ to the provider, JSON handling and the accounting (written in the background). T
 p50 overhead <= 1.5 ms, p99 <= 10 ms.
 
 The same calls by a tenant with a monthly budget, alternated with the others, measure
-what the budget adds (its reservation: one statement before the provider is asked).
-Target: <= 1 ms at p50.
+what the budget adds (each call's worst case reserved from the worker's slice of the
+budget, and charged to it by the call's row). Target: <= 1 ms at p50.
 """
 
 from __future__ import annotations
