@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 from typing import Any
@@ -136,9 +137,10 @@ async def idempotency_middleware(request: web.Request, handler) -> web.StreamRes
         if row is None:  # dropped meanwhile (the first failed): claim it again
             continue
         if bytes(row["fingerprint"]) != mark:
-            if (row["status"] is not None and declared.content_digest is not None
-                    and _with_content(mark, await declared.content_digest(request)) == bytes(row["fingerprint"])):
-                return _replay(row)
+            if row["status"] is not None and declared.content_digest is not None:
+                file_mark = _with_content(mark, await declared.content_digest(request))
+                if hmac.compare_digest(file_mark, bytes(row["fingerprint"])):
+                    return _replay(row)
             raise KeyReused("This Idempotency-Key was used for another request in the last 24 hours; use a new "
                             "key for a new request.")
         if row["status"] is not None:

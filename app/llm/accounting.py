@@ -50,8 +50,10 @@ _INSERT = f"""WITH call AS (INSERT INTO llm_calls ({', '.join(_FIELDS)})
                             VALUES ({', '.join(f'${n}' for n in range(1, len(_FIELDS) + 1))}))
               SELECT llm_settle($1, $2, ${_FIELDS.index('cost_usd') + 1}, ${len(_FIELDS) + 1})"""
 # A call that ran on a budget slice: its cost is charged to the slice first (migration 0013).
-_INSERT_CHARGED = _INSERT.replace("SELECT llm_settle(", f"SELECT llm_charge(${len(_FIELDS) + 2}, "
-                                                       f"${_FIELDS.index('cost_usd') + 1}), llm_settle(")
+_INSERT_CHARGED = f"""WITH call AS (INSERT INTO llm_calls ({', '.join(_FIELDS)})
+                                    VALUES ({', '.join(f'${n}' for n in range(1, len(_FIELDS) + 1))}))
+                      SELECT llm_charge(${len(_FIELDS) + 2}, ${_FIELDS.index('cost_usd') + 1}),
+                             llm_settle($1, $2, ${_FIELDS.index('cost_usd') + 1}, ${len(_FIELDS) + 1})"""
 
 
 async def record(pool: asyncpg.Pool, call: LLMCall, reservation: uuid.UUID | None = None,

@@ -32,13 +32,14 @@ same when their row is written, so a budget set mid-month sees the month's spend
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Coroutine, Sequence
+from typing import Any, AsyncIterator, Callable, Coroutine, Sequence
 
 import asyncpg
 
@@ -56,6 +57,8 @@ RESERVE_TIMEOUT_S = 5.0
 # every call reserves its own worst case again.
 SLICE_SHARE = Decimal("0.01")
 SLICE_FLOOR = Decimal("0.25")
+RELEASE_SQL = "SELECT llm_release($1)"
+REFUSED_SQL = "SELECT llm_budget_refused($1, $2)"
 HEADER = "X-Budget-Remaining-USD"
 
 
@@ -162,9 +165,7 @@ class Budgets:
         remaining = row["remaining_usd"]
         if row["reservation"] is None:
             if row["refused_by"] == "tenant":  # the operator hears of it (once a month: budget_alerts)
-                self._later(self._execute("note that a tenant's LLM budget refused a call",
-                                          "SELECT llm_budget_refused($1, $2)", tenant_id, amount,
-                                          extra={"tenant_id": str(tenant_id)}))
+                self._later(self._note_refused(tenant_id, amount))
             whose = "this API key's" if row["refused_by"] == "key" else "the tenant's"
             raise BudgetExceeded(
                 f"This call could cost up to {usd_text(amount)} USD, more than the {usd_text(remaining)} USD left "
@@ -214,9 +215,7 @@ class Budgets:
                 self._release_slice(piece)
         elif reservation.id in self._live:
             self._live.discard(reservation.id)
-            self._later(self._execute("release an LLM budget reservation; it expires by itself",
-                                      "SELECT llm_release($1)", reservation.id,
-                                      extra={"reservation": str(reservation.id)}))
+            self._later(self._release(reservation.id, "an LLM budget reservation"))
 
     def _retire(self, piece: Slice) -> None:
         """No more calls on ``piece``; what is left of it goes back once its calls have ended."""
@@ -237,16 +236,24 @@ class Budgets:
         back what they are about to spend)."""
         if settling:
             await asyncio.wait(settling, timeout=RESERVE_TIMEOUT_S * 2)
-        await self._execute("release an LLM budget slice; it expires by itself", "SELECT llm_release($1)",
-                            reservation, extra={"reservation": str(reservation)})
+        await self._release(reservation, "an LLM budget slice")
 
-    async def _execute(self, what: str, sql: str, *args: Any, extra: dict[str, Any]) -> None:
-        """Run one statement off the request path; log if it could not be done."""
+    async def _release(self, reservation: uuid.UUID, what: str) -> None:
+        async with self._off_the_path(f"release {what}; it expires by itself", reservation=str(reservation)) as conn:
+            await conn.execute(RELEASE_SQL, reservation, timeout=RESERVE_TIMEOUT_S)
+
+    async def _note_refused(self, tenant_id: uuid.UUID, amount: Decimal) -> None:
+        async with self._off_the_path("note that a tenant's LLM budget refused a call", tenant_id=str(tenant_id)) as conn:
+            await conn.execute(REFUSED_SQL, tenant_id, amount, timeout=RESERVE_TIMEOUT_S)
+
+    @contextlib.asynccontextmanager
+    async def _off_the_path(self, what: str, **context: str) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for work off the request path; a failure is logged, not raised."""
         try:
             async with self._pool.acquire(timeout=RESERVE_TIMEOUT_S) as conn:
-                await conn.execute(sql, *args, timeout=RESERVE_TIMEOUT_S)
+                yield conn
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            log.warning(f"could not {what}", extra=extra, exc_info=True)
+            log.warning(f"could not {what}", extra=context, exc_info=True)
 
     async def tend(self) -> list[dict[str, Any]]:
         """Retire the slices idle for a TTL or no longer trusted; extend this worker's live
