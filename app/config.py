@@ -528,6 +528,14 @@ class Settings(DatabaseSettings):
         "UPLOAD_QUEUE_WAIT_S", whole_number(0, MAX_UPLOAD_QUEUE_WAIT_S), "Seconds an upload may wait for its turn "
         "before it is a 503 `uploads_busy` with `Retry-After` (within nginx's 900 s timeouts).", group=_UPLOADS,
         default=300)
+    resumable_upload_ttl_s: int = setting(
+        "RESUMABLE_UPLOAD_TTL_S", whole_number(60, 30 * 24 * 3600), "How long a resumable (tus) upload may take from "
+        "its creation: after that it is aborted and its parts removed (`Upload-Expires`).", group=_UPLOADS,
+        default=86400, shown_default="`86400` (24 h)")
+    resumable_upload_hold_s: int = setting(
+        "RESUMABLE_UPLOAD_HOLD_S", whole_number(3, 600), "How long a request sending a resumable upload's bytes holds "
+        "it without a sign of life (it renews the hold every third of this): after a worker died mid-request, the "
+        "client goes on this much later at most (until then: 423 `upload_busy`).", group=_UPLOADS, default=30)
     download_url_ttl_s: int = setting(
         "DOWNLOAD_URL_TTL_S", whole_number(1, WEEK_S), "Lifetime of a material's pre-signed `download_url` "
         "(signature v4 allows a week at most).", group=_UPLOADS, default=900)

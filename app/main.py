@@ -12,6 +12,7 @@ from .config import Settings
 from .db import pool_ctx
 from .idempotency import idempotency_middleware, sweep_ctx
 from .keys import draining_key, settings_key
+from .handlers.uploads import tus_headers
 from .llm import budget_header, llm_ctx
 from .log import setup_logging
 from .middlewares import add_response_headers, cors_middleware, request_middleware, validation_middleware
@@ -57,6 +58,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.append(stop_uploads_on_shutdown)
     app.on_response_prepare.append(add_response_headers)
     app.on_response_prepare.append(budget_header)
+    app.on_response_prepare.append(tus_headers)
     setup_routes(app)
     setup_openapi(app)
     return app

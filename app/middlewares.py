@@ -18,9 +18,12 @@ from .openapi import operation_of, validate_input
 # An incoming X-Request-ID kept as it is (nginx keeps the same ones for its own answers).
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{8,64}")
 _CORS_EXPOSED = ("X-Request-ID, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, Retry-After, "
-                 "X-Budget-Remaining-USD, Idempotent-Replayed")
-_CORS_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-_CORS_HEADERS = "X-API-Key, Content-Type, X-Request-ID, Idempotency-Key"
+                 "X-Budget-Remaining-USD, Idempotent-Replayed, Location, Tus-Resumable, Tus-Version, Tus-Extension, "
+                 "Tus-Max-Size, Tus-Checksum-Algorithm, Upload-Offset, Upload-Length, Upload-Expires, "
+                 "Material-Location")
+_CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+_CORS_HEADERS = ("X-API-Key, Content-Type, X-Request-ID, Idempotency-Key, Tus-Resumable, Upload-Length, "
+                 "Upload-Metadata, Upload-Offset, Upload-Checksum")
 
 
 @web.middleware

@@ -65,6 +65,10 @@ ERROR_MEANINGS = {
     "malformed_body": "the body is not in its declared Content-Encoding, or its chunked framing is broken",
     "bad_request": "a malformed multipart/form-data body",
     "upload_incomplete": "the upload ended before the whole file arrived; nothing is kept",
+    "tus_version_unsupported": "no `Tus-Resumable: 1.0.0` header (the tus version this server speaks)",
+    "upload_offset_mismatch": "`Upload-Offset` is not where the upload stands (HEAD tells)",
+    "upload_busy": "another request is sending this upload's bytes; go on when it has ended",
+    "checksum_mismatch": "the body does not match its `Upload-Checksum`; its bytes were not kept",
     "missing_api_key": "no X-API-Key header",
     "invalid_api_key": "a malformed, unknown, revoked or expired key, an inactive tenant, or several keys",
     "insufficient_scope": "the key lacks the operation's scope",
@@ -90,7 +94,9 @@ ERROR_MEANINGS = {
 }
 _STATUS_TEXT = {400: "Malformed request", 401: "No usable API key", 402: "Over the LLM budget",
                 403: "The key lacks the scope", 404: "Not found",
-                409: "A request with the same Idempotency-Key is running", 413: "Too large",
+                409: "A request with the same Idempotency-Key is running, or the upload is elsewhere",
+                412: "Unsupported tus version", 423: "Another request is sending this upload",
+                460: "Checksum mismatch", 413: "Too large",
                 415: "Unsupported media type", 422: "Validation failed", 429: "Rate limit exceeded",
                 502: "LLM provider error", 503: "A dependency is unavailable", 504: "LLM provider timeout"}
 
@@ -103,6 +109,7 @@ class Response:
     schema: type[Schema] | None = None  # None: no body (204)
     content: Mapping[str, Any] | None = None  # further media types, as OpenAPI content objects
     location: bool = False  # a 201 that says where the new resource is
+    headers: tuple[str, ...] = ()  # further response headers (components in _HEADERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +252,20 @@ _HEADERS = {
                                            "(nothing was done again).", "schema": {"type": "string", "enum": ["true"]}},
     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer", "minimum": 0}},
     "Location": {"description": "Where the new resource is.", "schema": {"type": "string"}},
+    "Tus-Resumable": {"description": "The tus protocol version spoken: `1.0.0`.", "schema": {"type": "string"}},
+    "Tus-Version": {"description": "The tus versions this server speaks.", "schema": {"type": "string"}},
+    "Tus-Extension": {"description": "The tus extensions supported, comma-separated.", "schema": {"type": "string"}},
+    "Tus-Max-Size": {"description": "The largest upload, in bytes (`MAX_UPLOAD_BYTES`).",
+                     "schema": {"type": "integer", "minimum": 0}},
+    "Tus-Checksum-Algorithm": {"description": "The algorithms `Upload-Checksum` may name.",
+                               "schema": {"type": "string"}},
+    "Upload-Offset": {"description": "Bytes of the upload stored so far: where the next PATCH goes on.",
+                      "schema": {"type": "integer", "minimum": 0}},
+    "Upload-Length": {"description": "The upload's whole size in bytes.", "schema": {"type": "integer", "minimum": 0}},
+    "Upload-Expires": {"description": "When an unfinished upload is aborted (an HTTP date).",
+                       "schema": {"type": "string"}},
+    "Material-Location": {"description": "Where the material is (once the upload's last byte is in).",
+                          "schema": {"type": "string"}},
 }
 _RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 IDEMPOTENCY_KEY_PARAMETER = {
@@ -272,7 +293,8 @@ def _error_response(status: int, codes: tuple[str, ...], keyed: bool, extra: tup
 
 
 def _success_response(response: Response, keyed: bool, extra: tuple[str, ...] = ()) -> dict:
-    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()), *(("Location",) if response.location else ()), *extra]
+    names = ["X-Request-ID", *(_RATE_HEADERS if keyed else ()), *(("Location",) if response.location else ()),
+             *response.headers, *extra]
     described: dict[str, Any] = {"description": response.description, "headers": _headers(names)}
     content = {"application/json": {"schema": response.schema}} if response.schema is not None else {}
     content.update(response.content or {})
@@ -345,9 +367,10 @@ def openapi_document(app: web.Application, *, title: str, version: str) -> dict:
     for name, header in _HEADERS.items():
         spec.components.header(name, header)
     by_path: dict[str, dict] = {}
+    implied_heads = {(route.resource, route.handler) for route in app.router.routes() if route.method == "GET"}
     for route in app.router.routes():
         declared = operation_of(route.handler)
-        if declared is None or route.method == "HEAD":
+        if declared is None or (route.method == "HEAD" and (route.resource, route.handler) in implied_heads):
             continue
         canonical = route.resource.canonical
         described = _operation_object(declared)

@@ -6,7 +6,7 @@ from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
 from . import __version__, metrics
-from .handlers import courses, gpt, health, homework, llm_settings, materials, reports, slides
+from .handlers import courses, gpt, health, homework, llm_settings, materials, reports, slides, uploads
 from .jsonutil import dumps_bytes
 from .openapi import openapi_document
 
@@ -28,6 +28,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(COURSE + "/materials", materials.list_materials)
     app.router.add_get(COURSE + "/materials/{material_id}", materials.get_material)
     app.router.add_delete(COURSE + "/materials/{material_id}", materials.delete_material)
+    tus = app.router.add_resource(COURSE + "/uploads", name="tus_uploads")
+    tus.add_route("OPTIONS", uploads.options_uploads)
+    tus.add_route("POST", uploads.create_upload)
+    tus_upload = app.router.add_resource(COURSE + "/uploads/{upload_id}", name="tus_upload")
+    tus_upload.add_route("HEAD", uploads.head_upload)
+    tus_upload.add_route("PATCH", uploads.patch_upload)
+    tus_upload.add_route("DELETE", uploads.delete_upload)
     app.router.add_post(COURSE + "/slide-mapping", slides.put_mapping)
     app.router.add_get(COURSE + "/slide-mapping", slides.get_mapping)
     app.router.add_post(COURSE + "/structure", courses.generate_structure)

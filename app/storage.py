@@ -15,7 +15,7 @@ import functools
 import logging
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import boto3
 import botocore.exceptions
@@ -25,7 +25,7 @@ from botocore.config import Config
 from . import metrics
 from .config import Settings
 from .errors import ServiceUnavailable
-from .keys import settings_key, storage_key
+from .keys import db_pool_key, settings_key, storage_key
 
 log = logging.getLogger("app.storage")
 
@@ -227,11 +227,11 @@ class Storage:
             await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         return deleted
 
-    async def abort_stale_uploads(self, prefix: str, older_than_s: float) -> int:
+    async def abort_stale_uploads(self, prefix: str, older_than_s: float, keep: set[str] = frozenset()) -> int:
         """Abort multipart uploads under ``prefix`` begun more than ``older_than_s`` ago:
-        what a worker killed mid-upload left behind."""
+        what a worker killed mid-upload left behind (but not those of the keys in ``keep``)."""
         cutoff = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=older_than_s)
-        stale = [u async for u in self._multipart_uploads(prefix) if u["Initiated"] <= cutoff]
+        stale = [u async for u in self._multipart_uploads(prefix) if u["Initiated"] <= cutoff and u["Key"] not in keep]
         for upload in stale:
             await self.call("abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"])
         return len(stale)
@@ -274,7 +274,7 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings: Settings = app[settings_key]
     app[storage_key] = Storage(settings.s3_bucket, settings.s3_endpoint_url,
                                uploads_at_once=settings.uploads_per_worker)
-    sweeper = asyncio.create_task(_sweep_orphans(app[storage_key], settings))
+    sweeper = asyncio.create_task(_sweep_orphans(app[storage_key], settings, app[db_pool_key]))
     yield
     sweeper.cancel()
     await asyncio.gather(sweeper, return_exceptions=True)
@@ -290,12 +290,19 @@ async def stop_uploads_on_shutdown(app: web.Application) -> None:
 UPLOADS_PREFIX = "tenants/"
 
 
-async def _sweep_orphans(storage: Storage, settings: Settings) -> None:
-    """At start-up and then periodically, abort the multipart uploads of dead workers.
+async def _sweep_orphans(storage: Storage, settings: Settings, pool) -> None:
+    """At start-up and then periodically, abort the multipart uploads of dead workers (not
+    those of resumable uploads still going), and the resumable uploads past their expiry.
     Every worker sweeps; aborting twice is harmless."""
+    from . import resumable  # (it builds on this module)
+
     while True:
         try:
-            aborted = await storage.abort_stale_uploads(UPLOADS_PREFIX, settings.upload_orphan_age_s)
+            expired = await resumable.sweep_expired(pool, storage)
+            if expired:
+                log.info("removed %d expired resumable upload(s)", expired)
+            aborted = await storage.abort_stale_uploads(UPLOADS_PREFIX, settings.upload_orphan_age_s,
+                                                        keep=await resumable.live_upload_keys(pool))
             if aborted:
                 log.warning("aborted %d orphaned multipart upload(s)", aborted)
         except StorageUnavailable:
@@ -334,6 +341,36 @@ class ObjectUpload:
         self._discarding: asyncio.Future | None = None
         # The request streaming into this upload: a shutdown stops it when its grace ends.
         self.request_task = asyncio.current_task()
+        self.part_stored: Callable[[], None] | None = None  # called as each part is in S3
+
+    def resume(self, upload_id: str | None, etags: list[str], tail: bytes, size: int) -> None:
+        """Go on with a multipart upload begun earlier (a resumable upload): its parts so far
+        (ETags in order), and the bytes after them, ``size`` in all."""
+        self._upload_id = upload_id
+        self._etags = {number: etag for number, etag in enumerate(etags, start=1)}
+        self._parts_sent = len(etags)
+        self._chunks, self._buffered = ([tail], len(tail)) if tail else ([], 0)
+        self.size = size
+
+    @property
+    def upload_id(self) -> str | None:
+        return self._upload_id
+
+    def parts_done(self) -> list[str]:
+        """The ETags of the parts stored so far without a gap, in order."""
+        done = []
+        while len(done) + 1 in self._etags:
+            done.append(self._etags[len(done) + 1])
+        return done
+
+    def pending(self) -> bytes:
+        """The bytes written after the last part sent (fewer than a part)."""
+        return b"".join(self._chunks)
+
+    async def settle(self) -> None:
+        """Wait for the parts in flight; raise the first failure of any."""
+        await self._drain()
+        self._raise_failure()
 
     async def write(self, chunk: bytes) -> None:
         self._raise_failure()
@@ -417,6 +454,8 @@ class ObjectUpload:
             result = await self.storage.call("upload_part", Key=self.key, UploadId=self._upload_id,
                                              PartNumber=number, Body=part)
             self._etags[number] = result["ETag"]
+            if self.part_stored is not None:
+                self.part_stored()
         except BaseException as exc:
             self._failure = self._failure or exc
         finally:

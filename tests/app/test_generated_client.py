@@ -22,9 +22,11 @@ async def generated(client, tmp_path):
     """The client package generated from the app's /api/docs/openapi.json, imported."""
     document = tmp_path / "openapi.json"
     document.write_bytes(await (await client.get("/api/docs/openapi.json")).read())
+    config = tmp_path / "config.yaml"  # as docs/api.md tells: tus's media type is bytes like any other
+    config.write_text("content_type_overrides:\n  application/offset+octet-stream: application/octet-stream\n")
     bin_dir = Path(sys.executable).parent
     result = subprocess.run([str(bin_dir / "openapi-python-client"), "generate", "--path", str(document), "--meta",
-                             "none", "--output-path", str(tmp_path / PACKAGE)],
+                             "none", "--output-path", str(tmp_path / PACKAGE), "--config", str(config)],
                             env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -34,6 +34,8 @@ ENDPOINTS = [
     ("POST", "/api/v1/courses/{course}/structure", {}),
     ("POST", "/api/v1/courses/{course}/check-homework",
      {"student_id": "s-1", "lesson_id": "00000000-0000-4000-8000-000000000000", "submission": "x"}),
+    ("OPTIONS", "/api/v1/courses/{course}/uploads", None),
+    ("POST", "/api/v1/courses/{course}/uploads", None),
 ]
 
 # Tenant-wide endpoints with no resource id: their isolation is tested where they are
@@ -41,6 +43,9 @@ ENDPOINTS = [
 TENANT_WIDE = {("GET", "/api/v1/students/{student_id}/progress"), ("GET", "/api/v1/reports/cost"), ("GET", "/api/v1/usage"),
                ("POST", "/api/v1/gpt"), ("POST", "/api/v1/gpt/presentation"), ("POST", "/api/v1/gpt/improve"),
                ("PUT", "/api/v1/settings/llm"), ("GET", "/api/v1/settings/llm"), ("DELETE", "/api/v1/settings/llm")}
+# A resumable upload's own routes: another tenant's upload is tested in test_resumable_uploads.
+UPLOAD = "/api/v1/courses/{course_id}/uploads/{upload_id}"
+TESTED_WITH_UPLOADS = {("HEAD", UPLOAD), ("PATCH", UPLOAD), ("DELETE", UPLOAD)}
 
 
 @pytest.mark.parametrize("method, template, body", ENDPOINTS, ids=[f"{m} {t}" for m, t, _ in ENDPOINTS])
@@ -73,8 +78,9 @@ def test_every_api_route_is_covered(settings):
 
     app = asyncio.run(create_app(settings))
     routes = {(r.method, r.resource.canonical) for r in app.router.routes()
-              if r.resource is not None and r.resource.canonical.startswith("/api/v1/") and r.method != "HEAD"}
+              if r.resource is not None and r.resource.canonical.startswith("/api/v1/")
+              and (r.method != "HEAD" or r.resource.canonical == UPLOAD)}
     covered = {(m, t.replace("{course}", "{course_id}").replace("{lesson}", "{lesson_id}")
                 .replace("{material}", "{material_id}")) for m, t, _ in ENDPOINTS}
-    covered |= {("GET", "/api/v1/courses"), ("POST", "/api/v1/courses")} | TENANT_WIDE
+    covered |= {("GET", "/api/v1/courses"), ("POST", "/api/v1/courses")} | TENANT_WIDE | TESTED_WITH_UPLOADS
     assert routes == covered

@@ -8,9 +8,7 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
-import subprocess
 import time
 from decimal import Decimal
 
@@ -301,15 +299,6 @@ async def test_concurrent_calls_never_spend_past_the_budget(make_client, factory
 TTL_S = 1.5
 
 
-def _worker_talking_to(server, port: int) -> int:
-    """The gunicorn worker with a connection open to ``port`` (the LLM provider)."""
-    out = subprocess.run(["ss", "-Htnp", "state", "established", "dport", f"= :{port}"], capture_output=True,
-                         text=True, check=True).stdout
-    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", out)} & set(server.worker_pids())
-    assert len(pids) == 1, out
-    return pids.pop()
-
-
 @pytest.mark.gunicorn
 async def test_a_reservation_outlives_no_worker_by_more_than_its_lifetime(app_env, factory, db, fresh_llm):
     """While a call runs, its worker keeps its reservation alive past LLM_RESERVATION_TTL_S;
@@ -328,7 +317,7 @@ async def test_a_reservation_outlives_no_worker_by_more_than_its_lifetime(app_en
                 [held] = await db.fetch("SELECT * FROM llm_reservations WHERE tenant_id = $1", tenant["id"])
                 await asyncio.sleep(TTL_S * 2)  # extended meanwhile: still there
                 assert await db.fetchval("SELECT count(*) FROM llm_reservations WHERE id = $1", held["id"]) == 1
-                os.kill(_worker_talking_to(server, fresh_llm.port), signal.SIGKILL)
+                os.kill(server.worker_with_connection(fresh_llm.port, serving=False), signal.SIGKILL)
                 killed = time.monotonic()
         while await db.fetchval("SELECT count(*) FROM llm_reservations WHERE id = $1", held["id"]):
             assert time.monotonic() - killed < TTL_S * 4 / 3 + 2, "the reservation was not released"

@@ -55,15 +55,15 @@ async def test_the_linter_finds_no_error(client, tmp_path):
 async def test_every_route_declares_its_operation(client):
     """A route added without a declaration (operationId, summary, tags, security, responses and
     errors) fails here: every /api/v1 route and each probe (/health, /ready) is an operation of the document."""
-    undeclared = [f"{route.method} {route.resource.canonical}" for route in client.app.router.routes()
-                  if route.resource.canonical.startswith(DOCUMENTED_PATHS) and route.method != "HEAD"
-                  and operation_of(route.handler) is None]
+    gets = {(route.resource, route.handler) for route in client.app.router.routes() if route.method == "GET"}
+    own = [route for route in client.app.router.routes() if route.resource.canonical.startswith(DOCUMENTED_PATHS)
+           and not (route.method == "HEAD" and (route.resource, route.handler) in gets)]  # a GET's HEAD is the GET
+    undeclared = [f"{route.method} {route.resource.canonical}" for route in own if operation_of(route.handler) is None]
     assert undeclared == []
     document = await _document(client)
-    routes = {(route.resource.canonical, route.method.lower()) for route in client.app.router.routes()
-              if route.resource.canonical.startswith(DOCUMENTED_PATHS) and route.method != "HEAD"}
+    routes = {(route.resource.canonical, route.method.lower()) for route in own}
     assert routes == {(path, method) for path, method, _ in _operations(document)}
-    assert len(routes) == 26
+    assert len(routes) == 31
 
 
 async def test_every_operation_is_named_described_and_secured(client):
@@ -80,13 +80,17 @@ async def test_every_operation_is_named_described_and_secured(client):
         assert described["security"] == ([] if public else [{"ApiKeyAuth": []}]), (path, method)
 
 
+# Bodies that are files, streamed: no JSON to find invalid (422) beyond what their declarations say.
+STREAMED_BODIES = ("/api/v1/courses/{course_id}/materials", "/api/v1/courses/{course_id}/uploads/{upload_id}")
+
+
 async def test_every_error_an_operation_can_give_is_documented_with_the_envelope(client):
     document = await _document(client)
     for path, method, described in _operations(document):
         responses = described["responses"]
         if path.startswith("/api/v1/"):
             assert {"401", "403", "429", "503"} <= set(responses), (path, method)
-        if "requestBody" in described and path != "/api/v1/courses/{course_id}/materials":
+        if "requestBody" in described and path not in STREAMED_BODIES:
             assert {"400", "413", "415", "422"} <= set(responses), (path, method)
         if "{" in path:
             assert "404" in responses or "422" in responses, (path, method)

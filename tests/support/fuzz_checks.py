@@ -5,7 +5,9 @@ Two differences from schemathesis' own checks:
   down), so the server-error check is "never a 500" rather than "never a 5xx";
 - ``POST /gpt`` with ``"stream": true`` answers an event stream, documented as a
   string of events: its events are tested in tests/app/test_llm_features.py, so the
-  schema check runs on every other response, and the media-type check on all."""
+  schema check runs on every other response, and the media-type check on all;
+- a resumable upload's bytes (``application/offset+octet-stream``) are sent like any
+  octet stream."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import schemathesis
 from schemathesis.specs.openapi import checks as openapi
 
 NOT_DESCRIBABLE = ("text/event-stream",)
+
+# A tus PATCH's body is bytes like application/octet-stream's.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 @schemathesis.check

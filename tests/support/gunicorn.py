@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -64,6 +65,16 @@ class Gunicorn(Service):
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
         return [int(p) for p in out.split()]
+
+    def worker_with_connection(self, port: int, *, serving: bool) -> int:
+        """The one worker with a TCP connection established to ``port`` (a provider, say), or
+        with ``serving`` one from a client on ``port`` (the server's own)."""
+        side = "sport" if serving else "dport"
+        out = subprocess.run(["ss", "-Htnp", "state", "established", side, f"= :{port}"], capture_output=True,
+                             text=True, check=True).stdout
+        pids = {int(pid) for pid in re.findall(r"pid=(\d+)", out)} & set(self.worker_pids())
+        assert len(pids) == 1, out
+        return pids.pop()
 
     def log_lines(self) -> list[str]:
         with open(self.log_path, encoding="utf-8") as f:
